@@ -1,0 +1,87 @@
+"""Typed model outputs shared by every adapter, loss and evaluator (DESIGN.md §2).
+
+``MultiTaskOutput`` holds the segmentation logits and a ``DetOutput``; it reads as attributes
+(``out.seg``) and as a mapping (``out["seg"]``, ``out.get("det")``) so code written against plain dicts works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+DetKind = Literal["anchor", "anchor_free"]
+
+
+@dataclass
+class DetOutput:
+    """Raw detection-head output plus a uniform, flattened view of it.
+
+    Attributes:
+        raw: the head's own output, untouched. ``anchor`` heads: list (one per level) of
+            ``[B, na, H_l, W_l, 5 + nc]`` (xywh raw, objectness logit, class logits). ``anchor_free`` heads
+            (Ultralytics ``Detect``): dict with ``boxes [B, 4*reg_max, A]``, ``scores [B, nc, A]``,
+            ``feats`` (list of per-level maps ``[B, 4*reg_max + nc, H_l, W_l]``).
+        box: ``[B, A, D_box]`` raw box regression (``D_box = 4`` for anchor heads, ``4 * reg_max`` DFL logits
+            for anchor-free heads), ``A`` = all anchors/positions of all levels, level-major order.
+        obj: ``[B, A]`` objectness logits, or ``None`` (anchor-free heads have no objectness).
+        cls: ``[B, A, C_det]`` class logits.
+        kind: ``"anchor"`` (YOLOv5/YOLOP style) or ``"anchor_free"`` (Ultralytics DFL style).
+        strides: stride of each level in input pixels, e.g. ``(8, 16, 32)``.
+        anchors: ``[nl, na, 2]`` anchor (w, h) in input pixels for anchor heads, ``None`` otherwise.
+        reg_max: number of DFL bins per side (anchor-free heads), ``None`` for anchor heads.
+    """
+
+    raw: Any
+    box: Tensor
+    obj: Tensor | None
+    cls: Tensor
+    kind: DetKind
+    strides: tuple[int, ...]
+    anchors: Tensor | None = None
+    reg_max: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.cls.shape[-1])
+
+    @property
+    def num_anchors(self) -> int:
+        return int(self.box.shape[1])
+
+
+@dataclass
+class MultiTaskOutput(Mapping):
+    """Output of every adapter.
+
+    Attributes:
+        seg: ``[B, C_seg, h, w]`` segmentation **logits** (never probabilities), or ``None`` for a det-only model.
+        det: ``DetOutput`` or ``None`` for a seg-only model.
+        features: named intermediate feature maps requested with ``model(x, features=[...])``,
+            e.g. ``{"p3": [B, C3, H/8, W/8]}``; empty when none were requested.
+    """
+
+    seg: Tensor | None = None
+    det: DetOutput | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+    _KEYS = ("seg", "det")
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(k for k in self._KEYS if getattr(self, k) is not None)
+
+    def __len__(self) -> int:
+        return sum(getattr(self, k) is not None for k in self._KEYS)
+
+
+def flatten_levels(maps: list[Tensor]) -> Tensor:
+    """Concatenate per-level maps ``[B, C, H_l, W_l]`` into ``[B, sum(H_l*W_l), C]`` (level-major)."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
