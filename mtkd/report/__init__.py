@@ -1,0 +1,1 @@
+"""Reports: Markdown + self-contained HTML comparing models (``mtkd report``)."""

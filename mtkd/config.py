@@ -1,0 +1,397 @@
+"""Strict, typed training config: YAML files + ``key=value`` overrides → a frozen ``TrainConfig``.
+
+Grammar (``tools/train.py CONFIG [key=value ...]``):
+    - flat keys: ``epochs=10 batch=8 teacher=runs/teacher/weights/best.pt``;
+    - nested keys with dots: ``optim.lr=0.01 distill.feat_kd.weight=0.5 distill.feat_kd.names=[p3,p4]``;
+    - a key of a section may also be given flat when no other section has it: ``lr=0.01`` == ``optim.lr=0.01``;
+    - values are parsed as YAML (``true``, ``null``, ``[a, b]``, ``{kind: linear, start: 0.9, end: 0.1}``).
+A config file may start from another one with ``base: other.yaml`` (path relative to the file).
+Relative paths inside the config (``data``, ``teacher``, ``student``, ``project``) are resolved against the
+current working directory, like every CLI path.
+
+Every value is type- and range-checked: an unknown key raises ``ConfigError`` with a "did you mean"
+suggestion, a bad value names the key, the value and the allowed type/range. Distillation is on iff
+``teacher`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from mtkd.errors import ConfigError
+from mtkd.losses.schedules import Schedule
+
+Schedulable = float | dict  # a number or a schedule mapping {kind, start, end} (mtkd.losses.schedules)
+
+
+def _m(help_: str, *, range_: tuple | None = None, choices: tuple | None = None, check=None) -> dict:
+    """Field metadata: ``range_ = (low, high, low_inclusive, high_inclusive)``; ``check(value) -> error or None``."""
+    return {"help": help_, "range": range_, "choices": choices, "check": check}
+
+
+def _imgsz_check(v: int) -> str | None:
+    return None if v % 32 == 0 else "must be a multiple of 32"
+
+
+def _device_check(v: str) -> str | None:
+    return None if re.fullmatch(r"cpu|cuda(:\d+)?", v) else "expected 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _aug_check(v: dict) -> str | None:
+    if not v:
+        return None
+    from mtkd.data.transforms import AugmentParams  # lazy: imports albumentations
+
+    names = [f.name for f in dataclasses.fields(AugmentParams)]
+    for k in v:
+        if k not in names:
+            return f"has unknown key {k!r}{_did_you_mean(str(k), names, 'aug.')}; valid: {', '.join(names)}"
+    return None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = field(default="adamw", metadata=_m("optimizer", choices=("adamw", "sgd")))
+    lr: float = field(default=1e-3, metadata=_m("peak learning rate", range_=(0.0, 10.0, False, True)))
+    weight_decay: float = field(default=5e-4, metadata=_m("weight decay (not on biases/norms)",
+                                                          range_=(0.0, 1.0, True, False)))
+    momentum: float = field(default=0.937, metadata=_m("SGD momentum / AdamW beta1", range_=(0.0, 1.0, True, False)))
+    warmup_epochs: float = field(default=1.0, metadata=_m("linear LR warmup length in epochs (per iteration)",
+                                                          range_=(0.0, math.inf, True, False)))
+    warmup_start: float = field(default=0.1, metadata=_m("LR factor at the start of warmup",
+                                                         range_=(0.0, 1.0, True, True)))
+    final_lr: float = field(default=0.01, metadata=_m("cosine end LR as a factor of lr",
+                                                      range_=(0.0, 1.0, True, True)))
+    grad_clip: float = field(default=10.0, metadata=_m("max gradient L2 norm; 0 = off",
+                                                       range_=(0.0, math.inf, True, False)))
+
+
+@dataclass(frozen=True)
+class DetKDConfig:
+    weight: float = field(default=1.0, metadata=_m("multiplies box + obj + cls KD", range_=(0.0, math.inf, True, False)))
+    weight_by_teacher: bool = field(default=True, metadata=_m("weight anchors by teacher confidence"))
+    ld: bool = field(default=False, metadata=_m("anchor-free heads: KL over DFL bins instead of MSE"))
+    temperature: float | None = field(default=None, metadata=_m("LD temperature; null = follow temperature",
+                                                                range_=(0.0, math.inf, False, False)))
+
+
+@dataclass(frozen=True)
+class FeatKDConfig:
+    names: tuple[str, ...] = field(default=(), metadata=_m("feature taps to distill, e.g. [p3, p4, p5]; [] = off"))
+    kind: str = field(default="fitnet", metadata=_m("feature loss", choices=("fitnet", "at", "sp", "cc", "cwd")))
+    weight: float = field(default=1.0, metadata=_m("feature KD weight", range_=(0.0, math.inf, True, False)))
+    connector_bn: bool = field(default=True, metadata=_m("BatchNorm after connector convs"))
+    options: dict = field(default_factory=dict, metadata=_m("kind options: p (at), kernel/gamma/order (cc), "
+                                                            "temperature (cwd)"))
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    seg_kd: str = field(default="kl", metadata=_m("segmentation logit KD", choices=("kl", "cwd")))
+    det_kd: DetKDConfig = field(default_factory=DetKDConfig, metadata=_m("detection logit KD"))
+    feat_kd: FeatKDConfig = field(default_factory=FeatKDConfig, metadata=_m("feature distillation"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = field(default="datasets/shapes.yaml", metadata=_m("dataset descriptor YAML"))
+    model: str | dict = field(default="yolo_mt_n", metadata=_m("student model name or adapter config"))
+    head: str = field(default="anchor", metadata=_m("detection head", choices=("anchor", "anchor_free")))
+    imgsz: int = field(default=128, metadata=_m("image size", range_=(32, 8192, True, True), check=_imgsz_check))
+    epochs: int = field(default=50, metadata=_m("total epochs", range_=(1, 100_000, True, True)))
+    batch: int = field(default=16, metadata=_m("global batch size (split over DDP ranks)",
+                                               range_=(1, 65_536, True, True)))
+    workers: int = field(default=2, metadata=_m("dataloader workers per rank", range_=(0, 64, True, True)))
+    device: str = field(default="cpu", metadata=_m("device", check=_device_check))
+    seed: int = field(default=0, metadata=_m("random seed", range_=(0, 2**31 - 1, True, True)))
+    project: str = field(default="runs", metadata=_m("runs folder"))
+    name: str = field(default="train", metadata=_m("run name: the run dir is {project}/{name}"))
+    exist_ok: bool = field(default=False, metadata=_m("reuse an existing run dir (overwrite)"))
+    teacher: str | None = field(default=None, metadata=_m("teacher checkpoint; null = plain training"))
+    student: str | None = field(default=None, metadata=_m("initial student weights (e.g. a pruned checkpoint)"))
+    resume: bool | str = field(default=False, metadata=_m("true: continue {project}/{name}; or a last.pt path"))
+    temperature: Schedulable = field(default=4.0, metadata=_m("KD temperature", range_=(0.0, math.inf, False, False)))
+    alpha_seg: Schedulable = field(default=0.5, metadata=_m("seg KD mix", range_=(0.0, 1.0, True, True)))
+    alpha_det: Schedulable = field(default=0.5, metadata=_m("det KD mix", range_=(0.0, 1.0, True, True)))
+    ratio_seg: float = field(default=1.0, metadata=_m("seg task weight", range_=(0.0, math.inf, True, False)))
+    ratio_det: float = field(default=1.0, metadata=_m("det task weight", range_=(0.0, math.inf, True, False)))
+    amp: str = field(default="off", metadata=_m("mixed precision (fp16: CUDA only)", choices=("off", "bf16", "fp16")))
+    ema: bool = field(default=True, metadata=_m("keep an EMA of the student (saved as the model)"))
+    ema_decay: float = field(default=0.9999, metadata=_m("EMA decay", range_=(0.0, 1.0, False, False)))
+    ema_tau: float = field(default=2000.0, metadata=_m("EMA warmup (updates)", range_=(0.0, math.inf, False, False)))
+    eval_every: int = field(default=1, metadata=_m("evaluate every N epochs (and at the last)",
+                                                   range_=(1, 100_000, True, True)))
+    patience: int = field(default=0, metadata=_m("stop after N evals without improvement; 0 = off",
+                                                 range_=(0, 100_000, True, True)))
+    conf: float = field(default=0.001, metadata=_m("eval NMS confidence", range_=(0.0, 1.0, True, True)))
+    iou: float = field(default=0.6, metadata=_m("eval NMS IoU", range_=(0.0, 1.0, False, True)))
+    augment: bool = field(default=True, metadata=_m("train-time augmentation"))
+    aug: dict = field(default_factory=dict, metadata=_m("augmentation strengths (mtkd.data.transforms.AugmentParams)",
+                                                        check=_aug_check))
+    tensorboard: bool = field(default=True, metadata=_m("write TensorBoard logs to the run dir"))
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata=_m("optimizer and LR schedule"))
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata=_m("distillation options"))
+
+    def __post_init__(self) -> None:
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ConfigError("amp: 'fp16' needs a CUDA device (device=cpu); use amp=bf16 or amp=off on CPU")
+
+    @property
+    def distilling(self) -> bool:
+        return self.teacher is not None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.project) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (lists, not tuples): YAML- and ``weights_only``-checkpoint safe."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with top-level fields changed."""
+        return build_config({**self.to_dict(), **changes})
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building and checking
+
+
+def _did_you_mean(key: str, choices: Sequence[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _fmt_range(r: tuple) -> str:
+    lo, hi, lo_in, hi_in = r
+    return f"{'[' if lo_in else '('}{lo}, {hi if math.isfinite(hi) else 'inf'}{']' if hi_in else ')'}"
+
+
+def _in_range(v: float, r: tuple) -> bool:
+    lo, hi, lo_in, hi_in = r
+    return (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Schedulable:
+        return "number or schedule {kind, start, end}"
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return f"list of {_type_name(args[0])}"
+    return {type(None): "null", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` converted to type ``tp`` or raise ``ConfigError`` naming ``key``."""
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is Schedulable:
+        if isinstance(value, Mapping):
+            return dict(Schedule.parse(value, key=key).__dict__)
+        tp = float
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+            raise bad
+        for a in args:  # order matters: bool before str for `resume`
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return tuple(_coerce(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if isinstance(value, float) and not value.is_integer():
+            raise bad
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad
+        return str(value)
+    if tp is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    raise bad  # pragma: no cover
+
+
+def _check_value(key: str, value: Any, meta: Mapping) -> None:
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(meta['choices'])}"
+                          f"{_did_you_mean(str(value), meta['choices'])}")
+    r = meta.get("range")
+    if r is not None:
+        if isinstance(value, dict):  # a schedule: check both ends
+            sched = Schedule.parse(value, key=key)
+            if not (_in_range(sched.start, r) and _in_range(sched.end, r)):
+                raise ConfigError(f"{key}: schedule {sched.start} -> {sched.end} is outside the allowed range "
+                                  f"{_fmt_range(r)}")
+        elif isinstance(value, (int, float)) and not _in_range(value, r):
+            raise ConfigError(f"{key}: {value!r} is outside the allowed range {_fmt_range(r)}")
+    check = meta.get("check")
+    if check is not None and (msg := check(value)):
+        raise ConfigError(f"{key}: {value!r} {msg}")
+
+
+def _build(cls: type, raw: Mapping, prefix: str = "") -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls, globalns={**globals(), "Schedulable": Schedulable})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{k}'{_did_you_mean(str(k), list(fields), prefix)}; "
+                              f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key, tp = prefix + name, hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name] if raw[name] is not None else {}, key + ".")
+            continue
+        try:
+            value = _coerce(key, raw[name], tp)
+        except ConfigError as e:
+            allowed = f.metadata.get("range") or f.metadata.get("choices")
+            if allowed is None:
+                raise
+            shown = _fmt_range(allowed) if f.metadata.get("range") else list(allowed)
+            raise ConfigError(f"{e} (allowed: {shown})") from None
+        _check_value(key, value, f.metadata)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _sections() -> dict[str, set[str]]:
+    hints = typing.get_type_hints(TrainConfig, globalns={**globals(), "Schedulable": Schedulable})
+    return {n: {f.name for f in dataclasses.fields(tp)} for n, tp in hints.items() if dataclasses.is_dataclass(tp)}
+
+
+def _resolve_aliases(raw: dict) -> dict:
+    """Move flat keys that name a field of exactly one section into it (``lr`` → ``optim.lr``)."""
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {k: v for k, v in raw.items()}
+    for k in list(out):
+        if k in top:
+            continue
+        owners = [s for s, names in _sections().items() if k in names]
+        if len(owners) == 1:
+            section = dict(out.get(owners[0]) or {})
+            section[k] = out.pop(k)
+            out[owners[0]] = section
+    return out
+
+
+def build_config(raw: Mapping[str, Any]) -> TrainConfig:
+    """Validate a nested mapping into a ``TrainConfig`` (raises ``ConfigError``)."""
+    return _build(TrainConfig, _resolve_aliases(dict(raw)))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' inheritance loops back to this file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a YAML file path, got {base!r}")
+    return _deep_merge(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def _deep_merge(a: dict, b: Mapping) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` → ``{"a": {"b": 1}, "c": ["x", "y"]}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load ``path`` (YAML, optional ``base:``), apply ``key=value`` overrides, validate.
+
+    Raises ``ConfigError`` naming the file/key for every problem.
+    """
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    raw = _deep_merge(_resolve_aliases(raw), _resolve_aliases(parse_overrides(overrides)))
+    return build_config(raw)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (re-loadable with ``load_config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path

@@ -1,0 +1,146 @@
+"""Datasets and data loaders from a descriptor (docs/INTERFACES.md "Data").
+
+Reproducibility: an item is a pure function of ``(seed, epoch, index)`` — the augmentation of item ``i`` in
+epoch ``e`` is seeded with ``SeedSequence([seed, e, i])`` — so results do not depend on the number of worker
+processes or on which worker reads which item. Call ``loader.set_epoch(e)`` (or ``dataset.set_epoch(e)``
+and ``sampler.set_epoch(e)``) at the start of each epoch to vary augmentation and shuffling reproducibly.
+Workers are not persistent, so each epoch's workers see the dataset's current epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from mtkd.data.coco import CocoSource
+from mtkd.data.collate import collate
+from mtkd.data.descriptor import DataSpec
+from mtkd.data.transforms import AugmentParams, JointTransform
+from mtkd.data.yolo_mask import YoloMaskSource
+from mtkd.errors import ConfigError
+
+
+def _derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class MultiTaskDataset(Dataset):
+    """Items of one split (see ``JointTransform`` for the item layout); ``set_epoch`` varies augmentation.
+
+    ``source`` gives the untransformed samples: ``source.paths`` (image files, item order) and
+    ``source[i] -> RawSample`` (original-resolution image, mask, boxes, labels), e.g. for evaluation in
+    original coordinates.
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        split: str,
+        *,
+        imgsz: int,
+        augment: bool,
+        seed: int = 0,
+        params: AugmentParams | None = None,
+    ) -> None:
+        self.spec, self.split, self.imgsz, self.augment, self.seed = spec, split, imgsz, augment, seed
+        self.source = CocoSource(spec, split) if spec.format == "coco" else YoloMaskSource(spec, split)
+        self.transform = JointTransform(imgsz, augment=augment, ignore_index=spec.ignore_index, params=params)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        raw = self.source[index]
+        return self.transform(raw, seed=_derive_seed(self.seed, self.epoch, index))
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(p) for p in self.source.paths]
+
+
+def build_dataset(
+    spec: DataSpec,
+    split: str,
+    *,
+    imgsz: int,
+    augment: bool,
+    seed: int = 0,
+    params: AugmentParams | None = None,
+) -> MultiTaskDataset:
+    """Dataset of ``split``; raises ``ConfigError`` for a bad ``imgsz``, ``DatasetError`` for bad files."""
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise ConfigError(f"imgsz: expected a positive multiple of 32, got {imgsz!r}")
+    return MultiTaskDataset(spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params)
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed numpy and ``random`` in each worker from its torch seed (itself seeded)."""
+    import random
+
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+class MtkdDataLoader(DataLoader):
+    """A ``DataLoader`` with ``set_epoch(epoch)``: reseeds augmentation and shuffling for that epoch."""
+
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        elif isinstance(self.sampler, RandomSampler) and self.sampler.generator is not None:
+            self.sampler.generator.manual_seed(_derive_seed(self.seed, epoch))
+        if self.generator is not None:
+            self.generator.manual_seed(_derive_seed(self.seed, epoch, 1))
+
+
+def build_dataloader(
+    spec: DataSpec,
+    split: str,
+    *,
+    imgsz: int,
+    batch: int,
+    workers: int,
+    augment: bool,
+    shuffle: bool,
+    seed: int = 0,
+    distributed: bool = False,
+    drop_last: bool = False,
+    params: AugmentParams | None = None,
+) -> MtkdDataLoader:
+    """Seeded loader of ``split`` yielding ``collate`` batches; ``DistributedSampler`` when ``distributed``."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch: expected a positive integer, got {batch!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers: expected an integer >= 0, got {workers!r}")
+    dataset = build_dataset(spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params)
+    if distributed:
+        sampler: Any = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(_derive_seed(seed, 0)))
+    else:
+        sampler = SequentialSampler(dataset)
+    return MtkdDataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        worker_init_fn=seed_worker,
+        seed=seed,
+        generator=torch.Generator().manual_seed(_derive_seed(seed, 0, 1)),
+    )

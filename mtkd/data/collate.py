@@ -1,0 +1,32 @@
+"""Batch dataset items with variable box counts (DESIGN.md §2 batch contract)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images and masks, concatenate boxes with a per-box image index.
+
+    Returns:
+        ``images`` float32 ``[B, 3, H, W]``, ``masks`` int64 ``[B, H, W]``, ``boxes`` float32 ``[N, 4]`` xyxy pixels,
+        ``labels`` int64 ``[N]``, ``batch_idx`` int64 ``[N]`` (image of each box), ``paths`` list[str],
+        ``orig_sizes`` list[(H0, W0)], ``pads`` list[(top, left)], ``scales`` list[float].
+    """
+    import torch
+
+    if not items:
+        raise ValueError("collate() needs at least one item")
+    counts = [int(it["boxes"].shape[0]) for it in items]
+    return {
+        "images": torch.stack([it["image"] for it in items]),
+        "masks": torch.stack([it["mask"] for it in items]),
+        "boxes": torch.cat([it["boxes"].reshape(-1, 4) for it in items]).float(),
+        "labels": torch.cat([it["labels"].reshape(-1) for it in items]).long(),
+        "batch_idx": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
+        "paths": [it["path"] for it in items],
+        "orig_sizes": [tuple(it["orig_size"]) for it in items],
+        "pads": [tuple(it["pad"]) for it in items],
+        "scales": [float(it["scale"]) for it in items],
+    }

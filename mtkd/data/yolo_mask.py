@@ -1,0 +1,161 @@
+"""The ``yolo_mask`` layout (YOLOP/BDD style, DESIGN.md §4): listing, parsing, checking and reading samples.
+
+```
+<root>/images/<split>/<stem>.{jpg,png,...}   RGB image
+<root>/labels/<split>/<stem>.txt             one "class cx cy w h" line per box, normalized to [0, 1];
+                                             empty or missing file = no objects (allowed, counted)
+<root>/masks/<split>/<stem>.png              uint8 class ids (mode L or P), ignore_index = unlabeled
+```
+Blank label lines are skipped. Boxes may exceed the image by ``BOX_EPS`` of its size (label-tool rounding) and
+are clipped; anything else wrong raises ``SampleError`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtkd.data.descriptor import DataSpec
+from mtkd.data.samples import (
+    IMAGE_SUFFIXES,
+    Problem,
+    RawSample,
+    box_problem,
+    clip_boxes,
+    mask_problems,
+    raise_first,
+    read_image,
+    read_mask,
+)
+
+
+@dataclass(frozen=True)
+class YoloItem:
+    """The three files of one sample (the label file may not exist)."""
+
+    image: Path
+    label: Path
+    mask: Path
+
+
+def list_split(spec: DataSpec, split: str) -> tuple[list[YoloItem], list[Problem]]:
+    """Samples of a split, sorted by stem, plus listing problems (duplicate stems, orphan labels/masks, empty)."""
+    images_dir, labels_dir, masks_dir = spec.yolo_dirs(split)
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(images_dir.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(p.stem, []).append(p)
+    problems: list[Problem] = []
+    items = []
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            others = ", ".join(q.name for q in paths[1:])
+            problems.append(Problem(paths[0], f"duplicate stem '{stem}': also {others}"))
+        items.append(YoloItem(paths[0], labels_dir / f"{stem}.txt", masks_dir / f"{stem}.png"))
+    if not items:
+        problems.append(Problem(images_dir, "split has no images"))
+    for folder, suffix, what in ((labels_dir, ".txt", "label"), (masks_dir, ".png", "mask")):
+        for p in sorted(folder.glob(f"*{suffix}")):
+            if p.stem not in by_stem:
+                problems.append(Problem(p, f"{what} file has no image in {images_dir}"))
+    return items, problems
+
+
+def parse_label_file(
+    path: Path, nc: int, image_wh: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """Parse a YOLO label file into pixel boxes.
+
+    Args:
+        path: the ``.txt`` file; a missing file means no objects.
+        nc: number of det classes.
+        image_wh: ``(W, H)`` of the image, or ``None`` when unknown (box ranges are then not checked).
+
+    Returns:
+        boxes float32 ``[n, 4]`` xyxy pixels (clipped to the image), labels int64 ``[n]``, problems.
+    """
+    boxes: list[list[float]] = []
+    labels: list[int] = []
+    problems: list[Problem] = []
+    if not path.is_file():
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), problems
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), [Problem(path, f"unreadable ({e})")]
+    w, h = image_wh if image_wh is not None else (1, 1)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            problems.append(Problem(path, f"expected 5 fields 'class cx cy w h', got {len(fields)}", lineno))
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            problems.append(Problem(path, f"non-numeric field in {line.strip()!r}", lineno))
+            continue
+        if not all(math.isfinite(v) for v in values):
+            problems.append(Problem(path, f"non-finite value in {line.strip()!r}", lineno))
+            continue
+        cls, cx, cy, bw, bh = values
+        if cls != int(cls) or not 0 <= cls < nc:
+            problems.append(Problem(path, f"class id {fields[0]} is not a det class 0..{nc - 1}", lineno))
+            continue
+        xyxy = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+        why = (
+            box_problem(xyxy, w, h)
+            if image_wh is not None
+            else ("box has zero or negative area" if bw <= 0 or bh <= 0 else None)
+        )
+        if why:
+            problems.append(Problem(path, why, lineno))
+            continue
+        boxes.append(list(xyxy))
+        labels.append(int(cls))
+    arr = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return clip_boxes(arr, w, h), np.asarray(labels, np.int64), problems
+
+
+def load_sample(item: YoloItem, spec: DataSpec) -> tuple[RawSample | None, list[Problem]]:
+    """Read and check one sample. The sample is ``None`` when its image or mask cannot be read."""
+    image, problems = read_image(item.image)
+    mask, mask_read = read_mask(item.mask)
+    problems += mask_read
+    wh = (image.shape[1], image.shape[0]) if image is not None else None
+    boxes, labels, label_problems = parse_label_file(item.label, spec.nc_det, wh)
+    if mask is not None:
+        problems += mask_problems(
+            mask, item.mask, image.shape[:2] if image is not None else None, spec.nc_seg, spec.ignore_index
+        )
+    problems += label_problems
+    if image is None or mask is None:
+        return None, problems
+    return RawSample(image, mask, boxes, labels, item.image), problems
+
+
+class YoloMaskSource:
+    """Random access to the raw samples of one ``yolo_mask`` split; bad files raise ``SampleError``."""
+
+    def __init__(self, spec: DataSpec, split: str) -> None:
+        self.spec = spec
+        self.split = spec.require_split(split)
+        self.items, problems = list_split(spec, split)
+        raise_first(problems)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> RawSample:
+        sample, problems = load_sample(self.items[index], self.spec)
+        raise_first(problems)
+        assert sample is not None
+        return sample
+
+    @property
+    def paths(self) -> list[Path]:
+        return [it.image for it in self.items]

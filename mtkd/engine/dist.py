@@ -1,0 +1,121 @@
+"""``torchrun`` / DDP helpers for the trainer: init from env vars, rank-0 checks, reductions.
+
+``torchrun --nproc_per_node N tools/train.py CONFIG`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT``; ``init_distributed`` reads them (gloo on CPU, NCCL on CUDA). Without them
+everything here is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mtkd.errors import ConfigError
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_dist() -> bool:
+    """True when a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 (or a single process): the one that logs and writes files."""
+    return rank() == 0
+
+
+def init_distributed(device: str) -> torch.device:
+    """Initialize the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``); return this rank's device.
+
+    ``device="cuda"``/``"cuda:N"`` with DDP uses ``cuda:LOCAL_RANK`` and NCCL; ``"cpu"`` uses gloo.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available (use device=cpu)")
+    if env_world_size() <= 1:
+        return torch.device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dev, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return dev
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def _reduce_device(t: torch.Tensor) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (new tensor on ``t``'s device; identity copy when not distributed)."""
+    if not is_dist():
+        return t.detach().clone()
+    buf = t.detach().to(_reduce_device(t), dtype=torch.float64, copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return (buf / dist.get_world_size()).to(device=t.device, dtype=t.dtype)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (one tiny all-reduce; local value when not distributed)."""
+    if not is_dist():
+        return bool(flag)
+    buf = torch.tensor([float(flag)], device=_reduce_device(torch.empty(0, device=device)))
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return bool(buf.item() > 0)
+
+
+def broadcast_object(obj):
+    """``obj`` from rank 0 on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def average_gradients(params) -> None:
+    """All-reduce-mean the ``.grad`` of ``params`` (for trainable modules outside DDP, e.g. KD connectors)."""
+    if not is_dist():
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(dist.get_world_size())
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
+    """DDP-wrap ``model`` (the student only) when distributed; return it unchanged otherwise."""
+    if not is_dist():
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(model, device_ids=ids, output_device=ids[0] if ids else None,
+               find_unused_parameters=find_unused_parameters)

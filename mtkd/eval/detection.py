@@ -1,0 +1,236 @@
+"""COCO-style detection mAP (pycocotools definitions) with a ``reset / process / evaluate`` evaluator.
+
+Definitions (identical to pycocotools ``COCOeval(iouType="bbox")``): 101-point interpolated precision, IoU
+thresholds .50:.05:.95, at most 100 detections per image (``maxDets = [1, 10, 100]``), size buckets from the
+ground-truth box area (small < 32², medium < 96², large). The computation runs in faster-coco-eval (checked
+against pycocotools to 1e-6 in ``tests/eval/test_detection.py``; ``backend="pycocotools"`` selects the
+reference implementation). A metric COCOeval reports as -1 (no ground truth for that class or size bucket)
+is returned as ``None`` (``null`` in JSON).
+
+COCO ids: image ids are ``1..N`` in processing order; ``category_id = class index + 1`` (COCO ids start at 1),
+with the class name in ``categories``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtkd.eval.dist import gather_objects
+
+BACKENDS = ("faster_coco_eval", "pycocotools")
+# COCOeval.stats order (first 12 entries, both backends)
+_STAT_KEYS = (
+    "mAP50_95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)  # fmt: skip
+
+
+def _as_np(x: Any, dtype: Any, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64 if dtype == np.float64 else torch.int64).numpy()
+    return np.asarray(x, dtype=dtype).reshape(-1, *shape_tail)
+
+
+def _record(pred: dict[str, Any] | None, target: dict[str, Any]) -> dict[str, Any]:
+    """One image as compact numpy arrays (float64 boxes/scores, int64 labels; picklable for gathering)."""
+    h, w = (int(v) for v in target["image_size"])
+    pred = pred or {"boxes": [], "scores": [], "labels": []}
+    rec: dict[str, Any] = {
+        "height": h,
+        "width": w,
+        "file_name": str(target.get("path", target.get("file_name", ""))),
+        "gt_boxes": _as_np(target["boxes"], np.float64, (4,)),
+        "gt_labels": _as_np(target["labels"], np.int64),
+        "boxes": _as_np(pred["boxes"], np.float64, (4,)),
+        "scores": _as_np(pred["scores"], np.float64),
+        "labels": _as_np(pred["labels"], np.int64),
+    }
+    if len(rec["gt_boxes"]) != len(rec["gt_labels"]):
+        raise ValueError(f"target has {len(rec['gt_boxes'])} boxes but {len(rec['gt_labels'])} labels")
+    if not len(rec["boxes"]) == len(rec["scores"]) == len(rec["labels"]):
+        raise ValueError("prediction boxes, scores and labels must have the same length")
+    return rec
+
+
+def _xywh(b: Sequence[float]) -> list[float]:
+    return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+
+
+def to_coco_json(
+    records: Sequence[dict[str, Any]], class_names: Sequence[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Build the COCO ground-truth dict and the COCO results list for ``records``.
+
+    Args:
+        records: per image ``{"height", "width", "file_name", "gt_boxes" [n, 4] xyxy, "gt_labels" [n],
+            "boxes" [m, 4] xyxy, "scores" [m], "labels" [m]}`` (arrays or lists; what ``DetectionEvaluator``
+            accumulates), boxes in pixels.
+        class_names: detection class names; class index ``i`` becomes ``category_id = i + 1``.
+
+    Returns:
+        ``(ground_truth, results)``: ``ground_truth`` has ``images``, ``annotations`` (``bbox`` xywh,
+        ``area`` = box area, ``iscrowd`` 0) and ``categories``; ``results`` is a list of
+        ``{"image_id", "category_id", "bbox", "score"}``. Both load directly in pycocotools.
+    """
+    nc = len(class_names)
+    images, anns, results = [], [], []
+    for img_id, r in enumerate(records, start=1):
+        images.append({"id": img_id, "width": r["width"], "height": r["height"], "file_name": r["file_name"]})
+        for box, lab in zip(np.asarray(r["gt_boxes"], np.float64).tolist(), np.asarray(r["gt_labels"]).tolist()):
+            if not 0 <= lab < nc:
+                raise ValueError(f"ground-truth label {lab} outside [0, {nc}) for image {r['file_name']!r}")
+            xywh = _xywh(box)
+            anns.append({
+                "id": len(anns) + 1, "image_id": img_id, "category_id": int(lab) + 1,
+                "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0,
+            })  # fmt: skip
+        dets = (np.asarray(r[k], dt).tolist() for k, dt in (("boxes", np.float64), ("scores", np.float64),
+                                                            ("labels", np.int64)))
+        for box, score, lab in zip(*dets):
+            if not 0 <= lab < nc:
+                raise ValueError(f"predicted label {lab} outside [0, {nc})")
+            results.append({"image_id": img_id, "category_id": int(lab) + 1, "bbox": _xywh(box), "score": score})
+    categories = [{"id": i + 1, "name": str(n)} for i, n in enumerate(class_names)]
+    return {"images": images, "annotations": anns, "categories": categories}, results
+
+
+def _none_if_neg(v: float) -> float | None:
+    return None if v < 0 else float(v)
+
+
+def _mean_valid(p: np.ndarray) -> float | None:
+    """COCO's definition: mean of the precision entries that are > -1; ``None`` if there are none."""
+    p = p[p > -1]
+    return float(p.mean()) if p.size else None
+
+
+def coco_eval(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = "faster_coco_eval") -> Any:
+    """Run ``COCOeval(iouType="bbox")`` (evaluate, accumulate, summarize) quietly; returns the COCOeval object.
+
+    Works with an empty ``results`` list (pycocotools' ``loadRes([])`` crashes; an empty result set is built
+    directly instead). ``gt`` and ``results`` are not modified (COCOeval annotates the dicts it is given).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "faster_coco_eval":
+            from faster_coco_eval import COCO
+            from faster_coco_eval import COCOeval_faster as COCOeval
+        else:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(gt["images"]), "annotations": [], "categories": gt["categories"]}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+class DetectionEvaluator:
+    """COCO mAP over a dataset: ``reset()``, ``process(preds, targets)`` per batch, ``evaluate()`` at the end.
+
+    Under DDP (``torch.distributed`` initialized) ``evaluate()`` all-gathers the per-image records of every
+    rank (in rank order) and **every rank** computes the same metrics, so all ranks can use them (e.g. for
+    best-checkpoint selection). Each rank must process disjoint images (see ``evaluate_model``).
+
+    Args:
+        class_names: detection class names (index = label).
+        backend: ``"faster_coco_eval"`` (default) or ``"pycocotools"``.
+    """
+
+    def __init__(self, class_names: Sequence[str], *, backend: str = "faster_coco_eval") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.class_names = [str(n) for n in class_names]
+        self.backend = backend
+        self._records: list[dict[str, Any]] = []
+        self._coco: tuple[dict[str, Any], list[dict[str, Any]]] | None = None  # set by evaluate()
+
+    def reset(self) -> None:
+        self._records = []
+        self._coco = None
+
+    def process(self, preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]) -> None:
+        """Add one batch.
+
+        Args:
+            preds: per image ``{"boxes": [N, 4] xyxy pixels, "scores": [N], "labels": [N] int}``
+                (tensors, arrays or lists).
+            targets: per image ``{"boxes": [M, 4] xyxy pixels, "labels": [M], "image_size": (H, W)}``, optional
+                ``"path"`` (written as ``file_name``). Boxes of preds and targets in the same coordinates.
+        """
+        if len(preds) != len(targets):
+            raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets")
+        self._records.extend(_record(p, t) for p, t in zip(preds, targets))
+        self._coco = None
+
+    @property
+    def num_images(self) -> int:
+        """Images processed on this rank."""
+        return len(self._records)
+
+    def gathered_records(self) -> list[dict[str, Any]]:
+        """Records of all ranks (rank order); this rank's records when not distributed."""
+        return [r for part in gather_objects(self._records) for r in part]
+
+    def coco_json(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``(ground_truth, results)`` COCO dicts of everything processed (all ranks), see ``to_coco_json``."""
+        return to_coco_json(self.gathered_records(), self.class_names)
+
+    def save_json(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``out_dir/predictions.json`` (COCO results) and ``out_dir/ground_truth.json`` (COCO GT).
+
+        After ``evaluate()`` this reuses what was evaluated (no communication, so under DDP rank 0 alone may
+        call it); before, it gathers from all ranks, so every rank must call it.
+        """
+        gt, results = self._coco if self._coco is not None else self.coco_json()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = out / "predictions.json", out / "ground_truth.json"
+        paths[0].write_text(json.dumps(results))
+        paths[1].write_text(json.dumps(gt))
+        return paths
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        """Returns ``{"det": {...}}`` with ``mAP50_95, mAP50, mAP75, mAP_small, mAP_medium, mAP_large, AR1,
+        AR10, AR100, AR_small, AR_medium, AR_large`` (fractions or ``None``), ``per_class_AP50_95`` and
+        ``per_class_AP50`` (``{name: value or None}``; ``None`` = class has no ground truth), ``images`` and
+        ``instances`` (ground-truth boxes)."""
+        gt, results = self._coco = self.coco_json()
+        names = self.class_names
+        if not gt["images"]:
+            out: dict[str, Any] = dict.fromkeys(_STAT_KEYS)
+            out.update(per_class_AP50_95=dict.fromkeys(names), per_class_AP50=dict.fromkeys(names))
+            return {"det": {**out, "images": 0, "instances": 0}}
+        ev = coco_eval(gt, results, self.backend)
+        stats = [float(s) for s in np.asarray(ev.stats)[: len(_STAT_KEYS)]]
+        out = {k: _none_if_neg(v) for k, v in zip(_STAT_KEYS, stats)}
+        # precision: [T iou, R recall, K class, A area, M maxDets]; area "all" = 0, maxDets 100 = -1
+        prec = np.asarray(ev.eval["precision"])
+        cat_ids = list(ev.params.catIds)
+        ap, ap50 = {}, {}
+        for i, name in enumerate(names):
+            k = cat_ids.index(i + 1)
+            ap[name] = _mean_valid(prec[:, :, k, 0, -1])
+            ap50[name] = _mean_valid(prec[0, :, k, 0, -1])
+        out.update(per_class_AP50_95=ap, per_class_AP50=ap50)
+        return {"det": {**out, "images": len(gt["images"]), "instances": len(gt["annotations"])}}

@@ -1,0 +1,107 @@
+"""Dataset-level semantic-segmentation metrics from one confusion matrix (DESIGN.md §4).
+
+One ``C x C`` int64 confusion matrix is accumulated over every labeled pixel of the dataset (rows = ground
+truth, columns = prediction; pixels whose ground truth is ``ignore_index`` are excluded), so memory is
+constant in the number of images. From it:
+
+- ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``; a class with no ground-truth **and** no predicted pixels has an
+  undefined IoU: it is left out of the mean and listed in ``absent_classes`` (a class predicted but never in
+  the ground truth counts, with IoU 0);
+- ``mIoU`` = mean IoU over the other classes;
+- ``pixel_acc = sum_c TP_c / labeled pixels``; ``mAcc`` = mean over classes with ground truth of
+  ``TP_c / GT_c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtkd.errors import DatasetError
+from mtkd.eval.dist import all_reduce_sum
+
+
+class SegmentationEvaluator:
+    """Confusion-matrix mIoU: ``reset()``, ``process(pred, target)`` per batch, ``evaluate()`` at the end.
+
+    Under DDP ``evaluate()`` sums the confusion matrices of all ranks (``all_reduce``); every rank returns the
+    same metrics.
+
+    Args:
+        num_classes: number of segmentation classes ``C``.
+        ignore_index: ground-truth value of unlabeled pixels (excluded).
+        class_names: names for the per-class outputs (default ``"0".."C-1"``).
+    """
+
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.class_names = [str(n) for n in class_names] if class_names else [str(i) for i in range(num_classes)]
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def reset(self) -> None:
+        self.confusion.zero_()
+
+    @torch.no_grad()
+    def process(self, pred: Tensor, target: Tensor) -> None:
+        """Add one batch.
+
+        Args:
+            pred: ``[B, H, W]`` (or ``[H, W]``) predicted class ids in ``[0, C)``.
+            target: same shape, ground-truth class ids in ``[0, C)`` or ``ignore_index``.
+
+        Raises:
+            DatasetError: a ground-truth value is neither a class id nor ``ignore_index``.
+        """
+        pred, target = torch.as_tensor(pred), torch.as_tensor(target)
+        if pred.shape != target.shape:
+            raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        c = self.num_classes
+        keep = target != self.ignore_index
+        t = target[keep].long()
+        p = pred[keep].long()
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= c):
+            bad = t[(t < 0) | (t >= c)][0].item()
+            raise DatasetError(
+                f"segmentation mask value {bad} is neither a class id in [0, {c}) nor ignore_index "
+                f"{self.ignore_index}"
+            )
+        if p.numel() and (int(p.min()) < 0 or int(p.max()) >= c):
+            raise ValueError(f"predicted class ids must be in [0, {c})")
+        counts = torch.bincount(t * c + p, minlength=c * c).reshape(c, c)
+        self.confusion += counts.cpu()
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        """Returns ``{"seg": {"mIoU", "pixel_acc", "mAcc", "per_class_IoU": {name: IoU or None},
+        "confusion_matrix": [[int]] (rows GT, cols pred), "absent_classes": [names], "pixels": int}}``.
+        Metrics are ``None`` when no pixel is labeled."""
+        cm = all_reduce_sum(self.confusion).double()
+        tp = cm.diag()
+        gt = cm.sum(1)
+        pr = cm.sum(0)
+        union = gt + pr - tp
+        present = union > 0
+        iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
+        total = cm.sum()
+        has_gt = gt > 0
+        names = self.class_names
+        return {
+            "seg": {
+                "mIoU": float(iou[present].mean()) if present.any() else None,
+                "pixel_acc": float(tp.sum() / total) if total > 0 else None,
+                "mAcc": float((tp[has_gt] / gt[has_gt]).mean()) if has_gt.any() else None,
+                "per_class_IoU": {n: (float(iou[i]) if present[i] else None) for i, n in enumerate(names)},
+                "confusion_matrix": cm.long().tolist(),
+                "absent_classes": [n for i, n in enumerate(names) if not present[i]],
+                "pixels": int(total),
+            }
+        }

@@ -1,0 +1,219 @@
+"""ONNX export of a multi-task model, with an onnxruntime parity and latency check.
+
+The exported graph takes ``images: float32 [batch, 3, S, S]`` (RGB in [0, 1], the same input the PyTorch model
+takes) and returns the raw outputs of ``mtkd.export.flat.FlatOutputs``: ``seg`` logits ``[batch, C_seg, S, S]``
+then the raw detection head (``det_0..det_{nl-1}`` ``[batch, na, H_l, W_l, 5 + nc]`` for ``anchor`` heads,
+``det_boxes [batch, 4*reg_max, A]`` and ``det_scores [batch, nc, A]`` for ``anchor_free`` heads). Box decoding
+and NMS are left to the deployment side; ``<out>.json`` (written next to the ONNX file) carries what decoding
+needs: class names, image size, output names and shapes, head kind, strides, anchors, ``reg_max``.
+
+Exporter: torch 2.14's default ``torch.onnx.export(dynamo=True)`` needs ``onnxscript``, which is not a
+dependency of mtkd, so the TorchScript-based exporter (``dynamo=False``) is used; it supports ``dynamic_axes``
+(the batch axis is dynamic by default) and opsets up to 20. Only the model is exported: connectors and
+teachers are not part of a safe checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtkd.errors import ConfigError
+from mtkd.export.flat import FlatOutputs, format_diffs
+
+DEFAULT_IMGSZ = 640
+
+
+def _check_imgsz(imgsz: int) -> None:
+    if imgsz < 32 or imgsz % 32:
+        raise ConfigError(f"imgsz: expected a positive multiple of 32, got {imgsz}")
+
+
+def export_onnx(
+    model: nn.Module, out: str | Path, *, imgsz: int, opset: int = 17, dynamic_batch: bool = True
+) -> Path:
+    """Export ``model`` (a ``MultiTaskAdapter``, eval mode) to ``out`` and write ``<out>.json`` beside it.
+
+    Args:
+        model: the adapter; it is put in eval mode (and left there) and traced on CPU in float32.
+        out: ONNX file to write (parent folders are created).
+        imgsz: square input size ``S`` the graph is traced at (the batch axis may be dynamic, H and W are not).
+        opset: ONNX opset version.
+        dynamic_batch: make axis 0 of the input and of every output dynamic (``"batch"``).
+
+    Returns the ONNX path.
+    """
+    _check_imgsz(imgsz)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float().cpu()
+    wrapper = FlatOutputs(model).eval()
+    example = torch.rand(1, 3, imgsz, imgsz)
+    with torch.no_grad():
+        names = wrapper.output_names(example)
+        shapes = [list(t.shape) for t in wrapper(example)]
+    axes = {n: {0: "batch"} for n in ["images", *names]} if dynamic_batch else None
+    with warnings.catch_warnings():  # the legacy-exporter deprecation notice (see module docstring)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(out),
+            dynamo=False,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    card = model_card(model, imgsz=imgsz, output_names=names, output_shapes=shapes, opset=opset,
+                      dynamic_batch=dynamic_batch)
+    Path(f"{out}.json").write_text(json.dumps(card, indent=2))
+    return out
+
+
+def model_card(model: nn.Module, *, imgsz: int, output_names: list[str], output_shapes: list[list[int]],
+               opset: int, dynamic_batch: bool) -> dict[str, Any]:
+    """What a deployment needs to feed the graph and decode its outputs (JSON-like)."""
+    spec = model.det_spec() if hasattr(model, "det_spec") else None
+    det: dict[str, Any] | None = None
+    if spec is not None:
+        det = {"kind": spec.kind, "num_classes": spec.num_classes, "strides": list(spec.strides),
+               "anchors": [[list(a) for a in level] for level in spec.anchors] if spec.anchors else None,
+               "reg_max": spec.reg_max}
+    return {
+        "format": "mtkd-onnx",
+        "input": {"name": "images", "shape": ["batch" if dynamic_batch else 1, 3, imgsz, imgsz],
+                  "dtype": "float32", "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]},
+        "outputs": [{"name": n, "shape": ["batch" if dynamic_batch else 1, *s[1:]]}
+                    for n, s in zip(output_names, output_shapes)],
+        "names": {"det": list(getattr(model, "det_names", [])), "seg": list(getattr(model, "seg_names", []))},
+        "det": det,
+        "seg": {"logits": True, "resolution": "input"} if "seg" in output_names else None,
+        "imgsz": imgsz,
+        "opset": opset,
+        "adapter": getattr(model, "adapter_name", type(model).__name__),
+    }
+
+
+def _median_ms(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def verify_onnx(
+    model: nn.Module,
+    path: str | Path,
+    imgsz: int,
+    *,
+    batch: int = 2,
+    tol: float = 1e-4,
+    seed: int = 0,
+    warmup: int = 2,
+    iters: int = 10,
+) -> dict[str, Any]:
+    """Run PyTorch and onnxruntime (``CPUExecutionProvider``) on the same seeded ``[batch, 3, S, S]`` input.
+
+    ``batch`` defaults to 2 while the export traces batch 1, so this also checks the dynamic batch axis.
+
+    Returns ``{"ok", "tol", "batch", "imgsz", "max_abs_diff": {output: float},
+    "latency_ms": {"torch": median, "onnxruntime": median}, "threads"}``; ``ok`` is False when an output is
+    missing, has another shape, or differs by more than ``tol``.
+    """
+    import onnxruntime as ort
+
+    model = model.eval().float().cpu()
+    wrapper = FlatOutputs(model).eval()
+    x = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(seed))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # same threads for a fair comparison
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    onnx_names = [o.name for o in session.get_outputs()]
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    with torch.inference_mode():
+        names = wrapper.output_names(x)
+        ref = dict(zip(names, wrapper(x)))
+        torch_ms = _median_ms(lambda: wrapper(x), warmup, iters)
+    got = dict(zip(onnx_names, session.run(None, feed)))
+    ort_ms = _median_ms(lambda: session.run(None, feed), warmup, iters)
+    diffs: dict[str, float] = {}
+    for name in names:
+        if name not in got or tuple(got[name].shape) != tuple(ref[name].shape):
+            diffs[name] = float("inf")
+        else:
+            diffs[name] = float(np.abs(got[name] - ref[name].numpy()).max()) if got[name].size else 0.0
+    return {
+        "ok": all(d <= tol for d in diffs.values()) and set(onnx_names) == set(names),
+        "tol": tol,
+        "batch": batch,
+        "imgsz": imgsz,
+        "max_abs_diff": diffs,
+        "latency_ms": {"torch": torch_ms, "onnxruntime": ort_ms},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtkd export",
+        description="Export a safe mtkd checkpoint to ONNX (seg + raw det outputs, dynamic batch axis).",
+    )
+    p.add_argument("--weights", required=True, help="safe mtkd checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="ONNX file to write; <out>.json gets the model card")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help=f"input size (default: the checkpoint's config imgsz, else {DEFAULT_IMGSZ})")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
+    p.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch; report latencies")
+    p.add_argument("--batch", type=int, default=2, help="batch size for --verify (default 2)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed by --verify")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtkd export --weights W --out model.onnx [--imgsz S] [--verify]``; exit 1 when --verify fails."""
+    args = _parser().parse_args(argv)
+    from mtkd.engine.checkpoint import load_checkpoint
+    from mtkd.models import load_model
+
+    if args.batch < 1:
+        raise ConfigError(f"--batch: expected a positive integer, got {args.batch}")
+    ckpt = load_checkpoint(args.weights)
+    imgsz = args.imgsz
+    if imgsz is None:
+        cfg_imgsz = (ckpt.get("config") or {}).get("imgsz")
+        imgsz = int(cfg_imgsz) if isinstance(cfg_imgsz, (int, float)) else DEFAULT_IMGSZ
+    _check_imgsz(imgsz)
+    model = load_model(ckpt)
+    path = export_onnx(model, args.out, imgsz=imgsz, opset=args.opset, dynamic_batch=not args.static_batch)
+    size_mb = path.stat().st_size / 2**20
+    print(f"exported {args.weights} -> {path} ({size_mb:.2f} MiB, imgsz {imgsz}, opset {args.opset}); "
+          f"model card: {path}.json")
+    if not args.verify:
+        return 0
+    batch = 1 if args.static_batch else args.batch
+    res = verify_onnx(model, path, imgsz, batch=batch, tol=args.tol)
+    lat = res["latency_ms"]
+    print(f"verify (batch {batch}, {res['threads']} threads): max abs diff {format_diffs(res['max_abs_diff'])}")
+    print(f"latency median: torch {lat['torch']:.2f} ms, onnxruntime {lat['onnxruntime']:.2f} ms")
+    if not res["ok"]:
+        print(f"verify FAILED: an output differs by more than {args.tol:g}")
+        return 1
+    print(f"verify OK (tol {args.tol:g})")
+    return 0

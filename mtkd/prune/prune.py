@@ -1,0 +1,266 @@
+"""Structured (channel) pruning of a multi-task adapter with Torch-Pruning, saved as a safe checkpoint.
+
+``prune_model`` removes whole channels from convolutions and everything coupled to them (BN, the next layer's
+inputs, concatenations, residual adds): Torch-Pruning's dependency graph finds the coupled groups. What must
+keep its width is never pruned: the detection-head output convolutions (boxes/objectness/classes, DFL) and the
+segmentation classifier. They come from the model (``ignored_layers()``, see
+``mtkd.models.yolo_mt.prune_ignored_layers``) and, for any adapter, from a generic rule: the last convolution on
+every path to each output tensor (``output_layers``).
+
+Importance criteria (``importance=``):
+- ``"magnitude"``: L2 norm of each channel's weights across its group (``GroupMagnitudeImportance(p=2)``);
+- ``"bn_scale"``: |gamma| of the BatchNorm layers in the group (network slimming, ``BNScalePruner``);
+- ``"taylor"``: first-order Taylor ``|w * dL/dw|`` (``GroupTaylorImportance``). It needs gradients: by default
+  ``L`` is a data-free surrogate, the mean squared output (seg logits + raw det) on random images, i.e. how much
+  each channel contributes to the model's output energy. Pass ``loss_fn(model, images) -> scalar`` (e.g. the
+  task loss on a real batch) for a data-driven estimate.
+
+``ratio`` is Torch-Pruning's channel ratio: 0.5 removes half of the channels of every prunable layer (uniform)
+or half of all prunable channels, ranked together (``global_pruning=True``); parameters and MACs then drop by
+roughly ``1 - (1 - ratio)**2``. ``target_macs`` prunes in small steps until the MACs at ``imgsz`` fall below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from mtkd.errors import ConfigError
+from mtkd.export.flat import FlatOutputs
+
+IMPORTANCES = ("magnitude", "bn_scale", "taylor")
+#: largest channel ratio a target-MACs search may reach
+MAX_TARGET_RATIO = 0.9
+TARGET_STEPS = 30
+
+
+def output_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
+    """The last conv/linear layer on every path to each output of ``FlatOutputs(model)(example)``.
+
+    Walks the autograd graph back from each output tensor and stops at the first node produced by a
+    ``Conv*``/``Linear`` module: those layers set the number of output channels (det outputs, seg logits).
+    """
+    kinds = (nn.modules.conv._ConvNd, nn.Linear)
+    producers: dict[Any, nn.Module] = {}
+
+    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and out.grad_fn is not None:
+            producers.setdefault(out.grad_fn, mod)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.enable_grad():
+            outs = FlatOutputs(model)(example.detach().requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    found: dict[int, nn.Module] = {}
+    for t in outs:
+        stack, seen = [t.grad_fn], set()
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if node in producers:
+                found.setdefault(id(producers[node]), producers[node])
+                continue
+            stack.extend(nxt for nxt, _ in node.next_functions)
+    return list(found.values())
+
+
+def ignored_layers_of(model: nn.Module, example: Tensor) -> list[nn.Module]:
+    """Model-declared output layers (``prune_ignored_layers``) plus the generic ``output_layers`` rule."""
+    from mtkd.models.yolo_mt import prune_ignored_layers
+
+    layers = {id(m): m for m in prune_ignored_layers(model)}
+    layers.update({id(m): m for m in output_layers(model, example)})
+    return list(layers.values())
+
+
+def _surrogate_loss(model: nn.Module, images: Tensor) -> Tensor:
+    """Data-free Taylor loss: mean squared value of every flat output (seg logits, raw det tensors)."""
+    return sum(t.float().pow(2).mean() for t in FlatOutputs(model)(images))
+
+
+def _importance(name: str) -> tp.importance.Importance:
+    if name == "magnitude":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    raise ConfigError(f"importance: expected one of {', '.join(IMPORTANCES)}, got {name!r}")
+
+
+def count_macs_params(model: nn.Module, imgsz: int) -> tuple[int, int]:
+    """``(MACs, params)`` of one forward pass at ``[1, 3, imgsz, imgsz]`` (Torch-Pruning's op counter)."""
+    was_training = model.training
+    macs, params = tp.utils.count_ops_and_params(FlatOutputs(model).eval(), torch.zeros(1, 3, imgsz, imgsz))
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+def prune_model(
+    model: nn.Module,
+    *,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    importance: str = "magnitude",
+    global_pruning: bool = False,
+    imgsz: int = 128,
+    iterative_steps: int = 1,
+    round_to: int | None = None,
+    loss_fn: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Prune ``model`` (a ``MultiTaskAdapter``) in place and return it.
+
+    Args:
+        ratio: channel pruning ratio in (0, 1) (exclusive with ``target_macs``).
+        target_macs: prune until MACs at ``[1, 3, imgsz, imgsz]`` are <= this (up to a ratio of 0.9).
+        importance: ``"magnitude"``, ``"bn_scale"`` or ``"taylor"`` (see the module docstring).
+        global_pruning: rank channels across layers instead of the same ratio per layer.
+        imgsz: square size of the random example input ``[1, 3, imgsz, imgsz]`` used to trace the graph.
+        iterative_steps: reach ``ratio`` in this many steps (importance is re-estimated at each).
+        round_to: keep channel counts multiples of this (e.g. 8 for tensor cores).
+        loss_fn: ``loss_fn(model, images [2, 3, imgsz, imgsz]) -> scalar`` for Taylor importance.
+        seed: seed of the random example/Taylor inputs.
+
+    Raises ``ConfigError`` on bad arguments or an unreachable ``target_macs``.
+    """
+    if (ratio is None) == (target_macs is None):
+        raise ConfigError("prune: give exactly one of ratio or target_macs")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise ConfigError(f"ratio: expected a channel pruning ratio in (0, 1), got {ratio}")
+    if target_macs is not None and target_macs <= 0:
+        raise ConfigError(f"target_macs: expected a positive number of MACs, got {target_macs}")
+    if iterative_steps < 1:
+        raise ConfigError(f"iterative_steps: expected a positive integer, got {iterative_steps}")
+    if imgsz < 32 or imgsz % 32:
+        raise ConfigError(f"imgsz: expected a positive multiple of 32, got {imgsz}")
+    imp = _importance(importance)
+
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(1, 3, imgsz, imgsz, generator=gen)
+    was_training = model.training
+    model.eval()
+    wrapper = FlatOutputs(model)
+    with torch.no_grad():
+        shapes = [tuple(t.shape) for t in wrapper(example)]
+    macs0, _ = count_macs_params(model, imgsz)
+    if target_macs is not None and macs0 <= target_macs:
+        model.train(was_training)
+        return model
+
+    steps = iterative_steps if target_macs is None else max(iterative_steps, TARGET_STEPS)
+    pruner_cls = tp.pruner.BNScalePruner if importance == "bn_scale" else tp.pruner.MetaPruner
+    pruner = pruner_cls(
+        wrapper,
+        example,
+        importance=imp,
+        global_pruning=global_pruning,
+        pruning_ratio=ratio if ratio is not None else MAX_TARGET_RATIO,
+        iterative_steps=steps,
+        ignored_layers=ignored_layers_of(model, example),
+        round_to=round_to,
+    )
+    taylor_images = torch.rand(2, 3, imgsz, imgsz, generator=gen)
+    macs = macs0
+    for _ in range(steps):
+        if importance == "taylor":
+            model.zero_grad(set_to_none=True)
+            (loss_fn or _surrogate_loss)(model, taylor_images).backward()
+        pruner.step()
+        if target_macs is not None:
+            macs, _ = count_macs_params(model, imgsz)
+            if macs <= target_macs:
+                break
+    model.zero_grad(set_to_none=True)
+    if target_macs is not None and macs > target_macs:
+        raise ConfigError(
+            f"target_macs: {target_macs:.4g} not reachable; pruning {MAX_TARGET_RATIO:.0%} of the channels "
+            f"leaves {macs:.4g} MACs at imgsz {imgsz}"
+        )
+    with torch.no_grad():
+        after = [tuple(t.shape) for t in wrapper(example)]
+    if after != shapes:  # an output layer was pruned: a bug in ignored-layer detection, never user error
+        raise RuntimeError(f"pruning changed output shapes {shapes} -> {after}")
+    model.train(was_training)
+    return model
+
+
+def _parse_count(text: str) -> float:
+    """``"1.5G"`` -> 1.5e9 (suffixes K, M, G, T; case-insensitive)."""
+    mult = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    t = text.strip().upper()
+    try:
+        return float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        raise ConfigError(f"--target-macs: expected a number like 2.5e8 or 250M, got {text!r}") from None
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3f}{unit}"
+    return f"{n:.0f}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtkd prune",
+        description="Structured pruning with Torch-Pruning; writes a safe checkpoint with the pruned widths.",
+    )
+    p.add_argument("--weights", required=True, help="safe mtkd checkpoint of the model to prune")
+    p.add_argument("--out", required=True, help="pruned safe checkpoint to write")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ratio", type=float, help="channel pruning ratio in (0, 1)")
+    g.add_argument("--target-macs", help="prune until MACs at --imgsz <= this (e.g. 2.5e8 or 250M)")
+    p.add_argument("--importance", choices=IMPORTANCES, default="magnitude", help="channel importance")
+    p.add_argument("--global", dest="global_pruning", action="store_true", help="global instead of uniform")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="image size for tracing and MACs (default: checkpoint config imgsz, else 640)")
+    p.add_argument("--iterative-steps", type=int, default=1, help="reach --ratio in this many steps")
+    p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtkd prune --weights W --ratio R --out pruned.pt``; prints params and MACs before/after."""
+    args = _parser().parse_args(argv)
+    from mtkd.engine.checkpoint import load_checkpoint, save_checkpoint
+    from mtkd.models import load_model, model_state
+
+    if args.ratio is not None and not 0.0 < args.ratio < 1.0:
+        raise ConfigError(f"--ratio: expected a channel pruning ratio in (0, 1), got {args.ratio}")
+    target = _parse_count(args.target_macs) if args.target_macs is not None else None
+    ckpt = load_checkpoint(args.weights)
+    config = ckpt.get("config") or {}
+    imgsz = args.imgsz or (int(config["imgsz"]) if isinstance(config.get("imgsz"), int) else 640)
+    model = load_model(ckpt)
+    macs0, params0 = count_macs_params(model, imgsz)
+    prune_model(model, ratio=args.ratio, target_macs=target, importance=args.importance,
+                global_pruning=args.global_pruning, imgsz=imgsz, iterative_steps=args.iterative_steps,
+                round_to=args.round_to, seed=args.seed)
+    macs1, params1 = count_macs_params(model, imgsz)
+    record = {
+        "source": str(args.weights), "ratio": args.ratio, "target_macs": target, "importance": args.importance,
+        "global": args.global_pruning, "imgsz": imgsz, "iterative_steps": args.iterative_steps,
+        "params_before": params0, "params_after": params1, "macs_before": macs0, "macs_after": macs1,
+    }
+    metrics = {**(ckpt.get("metrics") or {}), "prune": record}
+    save_checkpoint({"model": model_state(model), "names": {"det": list(model.det_names),
+                     "seg": list(model.seg_names)}, "config": config, "metrics": metrics}, args.out)
+    print(f"{'':8}{'params':>12}{f'MACs@{imgsz}':>14}")
+    print(f"{'before':8}{_fmt(params0):>12}{_fmt(macs0):>14}")
+    print(f"{'after':8}{_fmt(params1):>12}{_fmt(macs1):>14}")
+    print(f"{'kept':8}{params1 / params0:>12.1%}{macs1 / max(macs0, 1):>14.1%}")
+    print(f"saved {args.out}")
+    return 0

@@ -1,0 +1,90 @@
+"""Strict typed config: overrides, nesting, inheritance, did-you-mean, ranges, round trip, shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mtkd.config import TrainConfig, load_config, parse_overrides, save_config
+from mtkd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_flat_overrides():
+    cfg = load_config(None, ["epochs=3", "batch=8", "teacher=t.pt", "alpha_seg=0.25", "device=cuda:1",
+                             "amp=bf16", "resume=true"])
+    assert (cfg.epochs, cfg.batch, cfg.teacher, cfg.alpha_seg, cfg.device) == (3, 8, "t.pt", 0.25, "cuda:1")
+    assert cfg.distilling and cfg.resume is True
+    assert not load_config(None, []).distilling  # distillation is on iff a teacher is set
+    assert load_config(None, ["resume=runs/x/weights/last.pt"]).resume == "runs/x/weights/last.pt"
+    assert load_config(None, ["teacher=null"]).teacher is None
+
+
+def test_nested_keys_aliases_and_schedules():
+    cfg = load_config(None, ["optim.lr=0.02", "weight_decay=0.001", "distill.feat_kd.names=[p3, p4]",
+                             "distill.feat_kd.weight=0.5", "temperature={kind: linear, start: 4, end: 1}"])
+    assert cfg.optim.lr == 0.02 and cfg.optim.weight_decay == 0.001  # flat `weight_decay` -> optim section
+    assert cfg.distill.feat_kd.names == ("p3", "p4") and cfg.distill.feat_kd.weight == 0.5
+    assert cfg.temperature == {"kind": "linear", "start": 4.0, "end": 1.0}
+    assert parse_overrides(["a.b.c=1", "d=[x, y]"]) == {"a": {"b": {"c": 1}}, "d": ["x", "y"]}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epoch=3", "unknown config key 'epoch' (did you mean 'epochs'?)"),
+        ("tempreature=2", "did you mean 'temperature'?"),
+        ("distill.feat_kd.wieght=1", "did you mean 'distill.feat_kd.weight'?"),
+        ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of ['adamw', 'sgd'] (did you mean 'adamw'?)"),
+    ],
+)
+def test_unknown_keys_suggest(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("imgsz=100", "imgsz: 100 must be a multiple of 32"),
+        ("alpha_seg=1.5", "alpha_seg: 1.5 is outside the allowed range [0.0, 1.0]"),
+        ("temperature=0", "temperature: 0.0 is outside the allowed range (0.0, inf)"),
+        ("epochs=0", "epochs: 0 is outside the allowed range [1, 100000]"),
+        ("batch=abc", "batch: expected int, got str 'abc' (allowed: [1, 65536])"),
+        ("lr=-1", "optim.lr: -1.0 is outside the allowed range (0.0, 10.0]"),
+        ("head=anchorfree", "head: 'anchorfree' is not one of ['anchor', 'anchor_free']"),
+        ("device=gpu", "device: 'gpu' expected 'cpu', 'cuda' or 'cuda:N'"),
+        ("amp=fp16", "amp: 'fp16' needs a CUDA device"),
+        ("alpha_det={kind: linear, start: 0.5, end: 2}", "alpha_det: schedule 0.5 -> 2.0 is outside"),
+        ("aug={hflp: 0.5}", "did you mean 'aug.hflip'?"),
+        ("epochs", "expected key=value"),
+    ],
+)
+def test_bad_values_name_key_and_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_base_inheritance_and_round_trip(tmp_path):
+    (tmp_path / "base.yaml").write_text("epochs: 7\noptim:\n  lr: 0.01\n  optimizer: sgd\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nbatch: 4\noptim:\n  lr: 0.05\n")
+    cfg = load_config(tmp_path / "child.yaml", ["epochs=9"])
+    assert (cfg.epochs, cfg.batch, cfg.optim.lr, cfg.optim.optimizer) == (9, 4, 0.05, "sgd")
+    again = load_config(save_config(cfg, tmp_path / "saved.yaml"))
+    assert again == cfg and isinstance(again, TrainConfig)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["shapes_teacher", "shapes_student", "shapes_distill", "examples/yolop_pruned_student"])
+def test_shipped_configs_load_with_overrides(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", ["data=other.yaml", "model=yolo_mt_s"])
+    assert cfg.data == "other.yaml" and cfg.model == "yolo_mt_s"
+    assert cfg.distilling == (name in ("shapes_distill", "examples/yolop_pruned_student"))
