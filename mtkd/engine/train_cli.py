@@ -36,14 +36,16 @@ def main(argv: list[str]) -> int:
     from mtkd.engine.trainer import Trainer, TrainingInterrupted
 
     cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg)
     try:
-        run_dir = Trainer(cfg).fit()
+        run_dir = trainer.fit()
     except TrainingInterrupted as e:
         if dist.is_main():
             print(f"mtkd train: {e}", file=sys.stderr)
         return 130
     finally:
+        main_rank = dist.is_main()
         dist.cleanup()
-    if dist.is_main():
+    if main_rank:
         print(f"done: {run_dir} (weights/best.pt, weights/last.pt, results.csv)")
     return 0

@@ -84,7 +84,7 @@ class Trainer:
         self.main = D.is_main()
         prepare_run_dir(cfg, self.run_dir, resuming=ckpt is not None, create=self.main)
         if self.main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg.replace(resume=False), self.run_dir / "config.yaml")  # re-runnable as is
         D.barrier()
         world = D.world_size()
         if cfg.batch % world:

@@ -114,7 +114,6 @@ def _check_classes(model: nn.Module, spec: Any) -> tuple[int, int]:
     return nc_det, nc_seg
 
 
-@torch.inference_mode()
 def evaluate_model(
     model: nn.Module,
     loader: Any,
@@ -158,37 +157,33 @@ def evaluate_model(
     model.eval().to(device)
     seen = 0
     try:
-        for batch in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
-            images = batch["images"].to(device, non_blocking=True).float()
-            hw = (int(images.shape[-2]), int(images.shape[-1]))
-            keep = len(images) if n_real is None else max(0, min(len(images), n_real - seen))
-            out = model(images)
-            dets = (postprocess_det(out.det, hw, conf=conf, iou=iou, max_det=max_det)
-                    if det_ev is not None and out.det is not None else None)
-            seg_in = (postprocess_seg(out.seg, hw)
-                      if seg_ev is not None and out.seg is not None and raw.src is None else None)
-            preds, targets = [], []
-            for i in range(keep):
-                lb = Letterbox.from_batch(batch, i)
-                path = str(batch["paths"][i])
-                rs = raw.get(path)
+        with torch.inference_mode():  # the model was moved above, outside: no inference-mode parameters
+            for batch in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
+                images = batch["images"].to(device, non_blocking=True).float()
+                hw = (int(images.shape[-2]), int(images.shape[-1]))
+                out = model(images)
+                dets = (postprocess_det(out.det, hw, conf=conf, iou=iou, max_det=max_det)
+                        if det_ev is not None and out.det is not None else None)
+                seg_in = (postprocess_seg(out.seg, hw)
+                          if seg_ev is not None and out.seg is not None and raw.src is None else None)
+                keep = len(images) if n_real is None else max(0, min(len(images), n_real - seen))
+                preds, targets = [], []
+                for i in range(keep):
+                    lb, path = Letterbox.from_batch(batch, i), str(batch["paths"][i])
+                    rs = raw.get(path)
+                    if det_ev is not None:
+                        preds.append(_pred_to_original(dets[i] if dets is not None else None, lb))
+                        targets.append(_target(batch, i, lb, rs, path))
+                    mask = None
+                    if seg_ev is not None and out.seg is not None:
+                        mask = _process_seg(seg_ev, out.seg[i], seg_in, batch, i, lb, hw, rs)
+                    if sample_dir is not None and seen + i < n_samples:
+                        if mask is None and out.seg is not None:
+                            mask = lb.seg_to_original(out.seg[i], hw)
+                        _save_sample(sample_dir, batch, i, lb, preds[-1] if preds else None, mask, rs, spec)
                 if det_ev is not None:
-                    preds.append(_pred_to_original(dets[i] if dets is not None else None, lb))
-                    targets.append(_target(batch, i, lb, rs, path))
-                mask = None
-                if seg_ev is not None and out.seg is not None:
-                    if rs is not None:  # original resolution
-                        mask = lb.seg_to_original(out.seg[i], hw)
-                        seg_ev.process(mask, torch.from_numpy(np.array(rs.mask, dtype=np.int64)).to(mask.device))
-                    else:  # input resolution; letterbox padding is ignore_index in the batch mask
-                        seg_ev.process(seg_in[i], batch["masks"][i].to(seg_in.device))
-                if sample_dir is not None and seen + i < n_samples:
-                    if mask is None and out.seg is not None:
-                        mask = lb.seg_to_original(out.seg[i], hw)
-                    _save_sample(sample_dir, batch, i, lb, preds[-1] if preds else None, mask, rs, spec)
-            if det_ev is not None:
-                det_ev.process(preds, targets)
-            seen += len(images)
+                    det_ev.process(preds, targets)
+                seen += len(images)
     finally:
         model.train(was_training)
     metrics: dict[str, Any] = {}
@@ -210,6 +205,19 @@ def _pred_to_original(d: dict[str, Tensor] | None, lb: Letterbox) -> dict[str, T
         return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
     return {"boxes": lb.boxes_to_original(d["boxes"].cpu()), "scores": d["scores"].float().cpu(),
             "labels": d["labels"].long().cpu()}
+
+
+def _process_seg(ev: SegmentationEvaluator, logits: Tensor, seg_in: Tensor | None, batch: dict[str, Any],
+                 i: int, lb: Letterbox, hw: tuple[int, int], raw: Any) -> Tensor | None:
+    """Feed image ``i`` to ``ev``: at original resolution against the file's mask when ``raw`` is given
+    (returns the ``[H0, W0]`` prediction), else at input resolution against the batch mask (padding is
+    ``ignore_index`` there; returns ``None``)."""
+    if raw is not None:
+        mask = lb.seg_to_original(logits, hw)
+        ev.process(mask, torch.from_numpy(np.array(raw.mask, dtype=np.int64)).to(mask.device))
+        return mask
+    ev.process(seg_in[i], batch["masks"][i].to(seg_in.device))
+    return None
 
 
 def _target(batch: dict[str, Any], i: int, lb: Letterbox, raw: Any, path: str) -> dict[str, Any]:

@@ -160,28 +160,37 @@ def prune_model(
 
     steps = iterative_steps if target_macs is None else max(iterative_steps, TARGET_STEPS)
     pruner_cls = tp.pruner.BNScalePruner if importance == "bn_scale" else tp.pruner.MetaPruner
-    pruner = pruner_cls(
-        wrapper,
-        example,
-        importance=imp,
-        global_pruning=global_pruning,
-        pruning_ratio=ratio if ratio is not None else MAX_TARGET_RATIO,
-        iterative_steps=steps,
-        ignored_layers=ignored_layers_of(model, example),
-        round_to=round_to,
-    )
     taylor_images = torch.rand(2, 3, imgsz, imgsz, generator=gen)
     macs = macs0
-    for _ in range(steps):
-        if importance == "taylor":
-            model.zero_grad(set_to_none=True)
-            (loss_fn or _surrogate_loss)(model, taylor_images).backward()
-        pruner.step()
-        if target_macs is not None:
-            macs, _ = count_macs_params(model, imgsz)
-            if macs <= target_macs:
-                break
-    model.zero_grad(set_to_none=True)
+    try:
+        pruner = pruner_cls(
+            wrapper,
+            example,
+            importance=imp,
+            global_pruning=global_pruning,
+            pruning_ratio=ratio if ratio is not None else MAX_TARGET_RATIO,
+            iterative_steps=steps,
+            ignored_layers=ignored_layers_of(model, example),
+            round_to=round_to,
+        )
+        for _ in range(steps):
+            if importance == "taylor":
+                model.zero_grad(set_to_none=True)
+                (loss_fn or _surrogate_loss)(model, taylor_images).backward()
+            pruner.step()
+            if target_macs is not None:
+                macs, _ = count_macs_params(model, imgsz)
+                if macs <= target_macs:
+                    break
+    except (IndexError, RuntimeError, ValueError, KeyError) as e:  # Torch-Pruning's dependency graph gave up
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(
+            f"prune: Torch-Pruning cannot prune this {type(model).__name__} ({type(e).__name__}: {first}); "
+            f"blocks that split channels with chunk/split (e.g. Ultralytics C2f/C3k2) break its dependency "
+            f"graph: prune the built-in yolo_mt family instead. The model was left partially pruned."
+        ) from e
+    finally:
+        model.zero_grad(set_to_none=True)
     if target_macs is not None and macs > target_macs:
         raise ConfigError(
             f"target_macs: {target_macs:.4g} not reachable; pruning {MAX_TARGET_RATIO:.0%} of the channels "

@@ -86,10 +86,14 @@ def _samples_from_metrics(metrics: dict[str, Any], base: Path) -> Path | None:
 
 
 def _metrics_from_checkpoint(path: Path) -> dict[str, Any]:
+    """The validation metrics a training checkpoint stores (no speed/params; size and path are added)."""
     from mtkd.engine.checkpoint import load_checkpoint
 
     m = load_checkpoint(path).get("metrics")
-    return m if isinstance(m, dict) and ("det" in m or "seg" in m) else {}
+    if not isinstance(m, dict) or not ("det" in m or "seg" in m):
+        return {}
+    model = {"weights": str(path), "size_mb": path.stat().st_size / 2**20, **(m.get("model") or {})}
+    return {**m, "model": model}
 
 
 def load_entry(path: str | Path) -> ReportEntry:

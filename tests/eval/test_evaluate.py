@@ -118,3 +118,16 @@ def test_fitness():
     assert fitness({"det": {"mAP50_95": 0.4}, "seg": {"mIoU": 0.6}}) == pytest.approx(0.5)
     assert fitness({"det": {"mAP50_95": 0.4}}) == pytest.approx(0.4)
     assert fitness({"seg": {"mIoU": None}}) == 0.0
+
+
+def test_model_mode_restored_and_trainable_after_eval(tmp_path, monkeypatch):
+    spec = descriptor.load_data_yaml(write_dataset(tmp_path))
+    loader = build.build_dataloader(spec, "val", imgsz=64, batch=3, workers=0, augment=False, shuffle=False)
+    monkeypatch.setattr(postprocess, "postprocess_det", lambda det, hw, **kw: det)
+    model = Oracle(loader)
+    model.w = nn.Parameter(torch.ones(2))
+    model.train()
+    evaluate_model(model, loader, spec=spec, device="cpu", progress=False)
+    assert model.training and not model.w.is_inference()
+    (model.w * 2).sum().backward()  # still usable for training
+    assert model.w.grad is not None

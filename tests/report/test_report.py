@@ -102,11 +102,18 @@ def test_markdown_references_saved_images(inputs, tmp_path):
 
 
 def test_single_run_directory_and_errors(inputs, tmp_path):
+    from mtkd.engine.checkpoint import save_checkpoint
+
     _, _, run = inputs
     (run / "metrics.json").unlink()
+    ckpt_metrics = {k: v for k, v in metrics("x", 0.3, 0.5, 0.6125, 1, 1, 1, 1).items() if k in ("det", "seg")}
+    save_checkpoint({"model": {"arch": {"adapter": "native"}, "state_dict": {}}, "metrics": ckpt_metrics},
+                    run / "weights" / "best.pt")
     out = tmp_path / "r1"
     assert main([str(run), "--out", str(out)]) == 0
-    assert "Training curves" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "Training curves" in html and "61.25" in html  # mIoU stored in weights/best.pt
+    assert "best.pt" in html
     with pytest.raises(ConfigError, match="no such file"):
         main([str(tmp_path / "missing.json"), "--out", str(out)])
     bad = tmp_path / "bad.json"

@@ -84,7 +84,7 @@ class CompositeAdapter(MultiTaskAdapter):
 
 
 def _member_configs(config: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-    check_keys(config, ("adapter", *_MEMBERS), where)
+    check_keys(config, ("adapter", "head", *_MEMBERS), where)
     for key in _MEMBERS:
         if not isinstance(config.get(key), Mapping) or "adapter" not in config[key]:
             raise ConfigError(f"{where}: field {key!r} must be a model config dict with an 'adapter' key")
@@ -101,10 +101,14 @@ def build(
     seg_names: Sequence[str] | None = None,
 ) -> CompositeAdapter:
     """Build both members with ``mtkd.models.build.build_model``: the det member gets the det classes (and no seg
-    classes), the seg member the seg classes (and no det classes)."""
+    classes) and ``head``, the seg member the seg classes (and no det classes)."""
     from mtkd.models.build import build_model  # lazy: build imports the adapters
 
     det_cfg, seg_cfg = _member_configs(config, _WHERE)
+    if (
+        config.get("head") is not None and "head" not in det_cfg
+    ):  # build_model(..., head=) meant the det member
+        det_cfg = {**det_cfg, "head": config["head"]}
     det_names = list(det_names) if det_names is not None else None
     seg_names = list(seg_names) if seg_names is not None else None
     det = build_model(det_cfg, nc_det=nc_det, det_names=det_names, nc_seg=0, seg_names=[])

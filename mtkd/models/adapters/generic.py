@@ -20,7 +20,7 @@ names the class by import path and says where seg and det are in its output::
 
 Detection layouts are recognised by rank: ``anchor`` heads give per level ``[B, na, H, W, 5 + nc]`` (YOLOv5
 channel order: xywh, objectness, classes) or ``[B, na * (5 + nc), H, W]`` maps; ``anchor_free`` heads give an
-Ultralytics-style dict (``boxes [B, 4*reg_max, A]``, ``scores [B, nc, A]``, optional ``feats``) or per-level
+Ultralytics-style dict (``boxes [B, 4*reg_max, A]``, ``scores [B, nc, A]``, ``feats``) or per-level
 maps ``[B, 4*reg_max + nc, H, W]``.
 
 Probability outputs are turned back into logits (see ``probs_to_logits``) so distillation sees logits.
@@ -53,7 +53,7 @@ _W = "generic adapter"
 _CONFIG_KEYS = (
     "adapter", "target", "kwargs", "state_dict", "state_dict_key", "outputs", "eval_outputs", "det_kind",
     "strides", "anchors", "reg_max", "seg_activation", "features", "freeze", "input_mean", "input_std",
-    "det_names", "seg_names",
+    "det_names", "seg_names", "head",
 )  # fmt: skip
 
 
@@ -88,13 +88,10 @@ def select_output(out: Any, path: OutputPath, *, field: str) -> Any:
         try:
             node = node[step]
         except (IndexError, KeyError, TypeError):
-            kind = type(node).__name__
-            have = list(node.keys()) if isinstance(node, Mapping) else (
-                f"{len(node)} items" if isinstance(node, (list, tuple)) else f"a {kind}"
-            )  # fmt: skip
+            have = f" with keys {list(node)}" if isinstance(node, Mapping) else ""
             raise ConfigError(
-                f"{_W}: field '{field}' = {path!r}: step {depth} ({step!r}) not found in the module "
-                f"output (a {kind} with {have})"
+                f"{_W}: field '{field}' = {path!r}: step {depth} ({step!r}) not found in the module output "
+                f"({_describe(node)}{have})"
             ) from None
     return node
 
@@ -154,22 +151,15 @@ def load_state_dict_file(module: nn.Module, path: str | Path, key: str | None = 
             f"{'' if key else ' (set state_dict_key if the weights are nested, e.g. state_dict_key: state_dict)'}"
         )
     own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]  # fmt: skip
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatch", shapes),
-        ):
-            if items:
-                parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
-        raise CheckpointError(
-            f"{path}: field 'state_dict' does not match the model built from 'target': {'; '.join(parts)}"
-        )
+    problems = {
+        "missing keys": [k for k in own if k not in sd],
+        "unexpected keys": [k for k in sd if k not in own],
+        "shape mismatch": [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+                           if k in sd and tuple(sd[k].shape) != tuple(v.shape)],
+    }  # fmt: skip
+    if any(problems.values()):
+        parts = [f"{len(v)} {label} (e.g. {', '.join(v[:3])})" for label, v in problems.items() if v]
+        raise CheckpointError(f"{path}: field 'state_dict' does not match the model: {'; '.join(parts)}")
     module.load_state_dict(sd, strict=True)
 
 
@@ -208,6 +198,13 @@ def resolve_names(names: Sequence[str] | None, nc: int | None, task: str, where:
             raise ConfigError(f"{where}: field '{task}_names' has {len(names)} names but nc_{task} = {nc}")
         return list(names)
     return [f"class{i}" for i in range(nc)] if nc else []
+
+
+def check_head(head: Any, kind: str | None, where: str) -> None:
+    """``build_model(..., head=...)`` puts ``head`` into dict configs; for adapters whose head kind is fixed by the
+    model, it must agree (``kind`` is ``None`` for seg-only models, where it does not apply)."""
+    if head is not None and kind is not None and head != kind:
+        raise ConfigError(f"{where}: field 'head' = {head!r}, but this model's detection head is {kind!r}")
 
 
 def check_keys(config: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -260,19 +257,20 @@ class InputNorm(nn.Module):
         super().__init__()
         self.enabled = mean is not None or std is not None
         mean, std = list(mean or (0.0, 0.0, 0.0)), list(std or (1.0, 1.0, 1.0))
+        values = mean + std
         if (
             len(mean) != 3
             or len(std) != 3
-            or any(not isinstance(v, (int, float)) for v in mean + std)
+            or not all(isinstance(v, (int, float)) for v in values)
             or min(std) <= 0
         ):
             raise ConfigError(
-                f"{where}: fields 'input_mean'/'input_std' = {mean}/{std}; expected 3 numbers each, std > 0"
+                f"{where}: fields 'input_mean'/'input_std' = {mean}/{std}; expected 3 numbers, std > 0"
             )
-        self.register_buffer(
-            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        for name, v in (("mean", mean), ("std", std)):
+            self.register_buffer(
+                name, torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std if self.enabled else x
@@ -284,11 +282,7 @@ class InputNorm(nn.Module):
 
 
 def _as_levels(raw: Any, *, n_levels: int, where: str) -> list[Tensor]:
-    if (
-        isinstance(raw, Tensor)
-        or not isinstance(raw, (list, tuple))
-        or not all(isinstance(t, Tensor) for t in raw)
-    ):
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(t, Tensor) for t in raw):
         raise ConfigError(
             f"{where} selects {_describe(raw)}; expected a list of per-level tensors (heads that return "
             f"(decoded, raw) in eval mode, like YOLOv5/YOLOP's, need 'eval_outputs', e.g. {{det: [0, 1]}})"
@@ -328,7 +322,7 @@ def anchor_free_det_output(
 ) -> DetOutput:
     """``DetOutput`` of an Ultralytics-style anchor-free (DFL) head.
 
-    raw: dict ``{"boxes": [B, 4*reg_max, A], "scores": [B, nc, A], "feats"?: list}`` or per-level maps
+    raw: dict ``{"boxes": [B, 4*reg_max, A], "scores": [B, nc, A], "feats": per-level maps}`` or per-level maps
     ``[B, 4*reg_max + nc, H, W]``. View: ``box [B, A, 4*reg_max]``, ``obj None``, ``cls [B, A, nc]``.
     """
     nb = 4 * reg_max
@@ -341,13 +335,19 @@ def anchor_free_det_output(
         b = maps[0].shape[0]
         raw = {"boxes": torch.cat([m[:, :nb].reshape(b, nb, -1) for m in maps], 2),
                "scores": torch.cat([m[:, nb:].reshape(b, nc, -1) for m in maps], 2), "feats": maps}  # fmt: skip
-    boxes, scores = raw.get("boxes"), raw.get("scores")
-    if not isinstance(boxes, Tensor) or not isinstance(scores, Tensor):
-        raise ConfigError(f"{where}: expected a dict with 'boxes' and 'scores' tensors, got keys {list(raw)}")
+    boxes, scores, feats = raw.get("boxes"), raw.get("scores"), raw.get("feats")
+    if not all(isinstance(t, Tensor) for t in (boxes, scores)) or not isinstance(feats, (list, tuple)):
+        raise ConfigError(
+            f"{where}: expected a dict with 'boxes', 'scores' and 'feats' (per-level maps), got {list(raw)}"
+        )
     if boxes.ndim != 3 or boxes.shape[1] != nb or scores.ndim != 3 or scores.shape[1] != nc:
         raise ConfigError(
             f"{where}: boxes {list(boxes.shape)} / scores {list(scores.shape)}; expected [B, 4*reg_max={nb}, A] "
             f"and [B, nc_det={nc}, A] (check 'reg_max' and det_names)"
+        )
+    if len(feats) != len(strides) or boxes.shape[-1] != sum(f.shape[-2] * f.shape[-1] for f in feats):
+        raise ConfigError(
+            f"{where}: 'feats' ({len(feats)} levels) does not add up to A={boxes.shape[-1]} positions"
         )
     return DetOutput(raw=dict(raw), box=boxes.transpose(1, 2), obj=None, cls=scores.transpose(1, 2),
                      kind="anchor_free", strides=tuple(strides), reg_max=reg_max)  # fmt: skip
@@ -564,6 +564,9 @@ def build(
         load_state_dict_file(module, config["state_dict"], config.get("state_dict_key"))
     det = resolve_names(det_names or config.get("det_names"), nc_det, "det", _W) if "det" in outputs else []
     seg = resolve_names(seg_names or config.get("seg_names"), nc_seg, "seg", _W) if "seg" in outputs else []
+    if config.get("head") is not None and "det" in outputs:
+        check_head(config["head"], config.get("det_kind", config["head"]), _W)
+        config = {"det_kind": config["head"], **config}
     opts = {k: config[k] for k in ("eval_outputs", "det_kind", "strides", "anchors", "reg_max", "seg_activation",
                                    "features", "freeze", "input_mean", "input_std") if k in config}  # fmt: skip
     return GenericAdapter(

@@ -41,7 +41,7 @@ from mtkd.models.outputs import MultiTaskOutput
 _WHERE = "smp adapter"
 _CONFIG_KEYS = (
     "adapter", "arch", "encoder_name", "encoder_weights", "kwargs", "state_dict", "state_dict_key",
-    "input_mean", "input_std", "det_names", "seg_names",
+    "input_mean", "input_std", "det_names", "seg_names", "head",
 )  # fmt: skip
 _TAPS = {"enc": "model.encoder", "dec": "model.decoder"}
 
@@ -142,7 +142,7 @@ def build(
     det_names: Sequence[str] | None = None,
     seg_names: Sequence[str] | None = None,
 ) -> SmpAdapter:
-    """Build from a config dict (module docstring). Detection classes do not apply (seg-only) and are ignored."""
+    """Build from a config dict (module docstring). Detection classes and ``head`` do not apply (seg-only)."""
     check_keys(config, _CONFIG_KEYS, _WHERE)
     if config.get("encoder_weights") is not None:
         raise ConfigError(
@@ -174,4 +174,4 @@ def build(
 
 def from_arch(arch: Mapping[str, Any]) -> SmpAdapter:
     """Inverse of ``SmpAdapter.arch()`` (random weights; the checkpoint's state_dict follows)."""
-    return build({k: v for k, v in arch.items() if k != "state_dict"})
+    return build({k: v for k, v in arch.items() if k not in ("state_dict", "head")})

@@ -39,12 +39,12 @@ from torch import Tensor, nn
 
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
-from mtkd.models.adapters.generic import check_keys, check_rebuildable, resolve_names
+from mtkd.models.adapters.generic import check_head, check_keys, check_rebuildable, resolve_names
 from mtkd.models.features import FeatureTaps
 from mtkd.models.heads import SegHead
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
 
-_CONFIG_KEYS = ("adapter", "model", "weights", "trust_pickle", "seg_head", "det_names", "seg_names")
+_CONFIG_KEYS = ("adapter", "model", "weights", "trust_pickle", "seg_head", "det_names", "seg_names", "head")
 _WHERE = "ultralytics adapter"
 
 
@@ -299,6 +299,7 @@ def build(
         nc_want = (nc_det if task == "detect" else nc_seg) or (len(names) if names else None)
         model = _from_yaml(cfg, nc_want)
         nc_model = int(model.model[-1].nc)
+    check_head(config.get("head"), "anchor_free" if task == "detect" else None, _WHERE)
     if task == "detect":
         det = resolve_names(det_names, nc_model, "det", _WHERE)
         seg = resolve_names(seg_names, nc_seg, "seg", _WHERE)

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import torch
 
+from mtkd.losses.task import TaskLoss
 from mtkd.models.adapters.base import MultiTaskAdapter
 from mtkd.models.outputs import MultiTaskOutput
 
 B = 2
 IMGSZ = 64  # the conftest's imgsz
+
+
+def _batch(model: MultiTaskAdapter) -> dict[str, torch.Tensor]:
+    """Two boxes on image 0, one on image 1 (xyxy pixels), random masks with an ignored border."""
+    masks = torch.randint(0, max(model.nc_seg, 1), (B, IMGSZ, IMGSZ))
+    masks[:, :2] = 255
+    nc = max(model.nc_det, 1)
+    return {
+        "images": torch.rand(B, 3, IMGSZ, IMGSZ),
+        "masks": masks,
+        "boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 20.0, 60.0, 50.0], [0.0, 10.0, 16.0, 26.0]]),
+        "labels": torch.tensor([0, nc - 1, 1 % nc]),
+        "batch_idx": torch.tensor([0, 0, 1]),
+    }
 
 
 def _expected_positions(spec) -> int:
@@ -76,6 +91,10 @@ def test_adapter_contract(case, build_case, case_adapter_name, imgsz):
         loss = loss + out.det.box.square().mean() + out.det.cls.sigmoid().mean()
         if out.det.obj is not None:
             loss = loss + out.det.obj.sigmoid().mean()
+    task = TaskLoss(model)(out, _batch(model))  # the project's task losses accept every adapter's output
+    assert ("det_loss" in task) == (out.det is not None) and ("seg_loss" in task) == (out.seg is not None)
+    assert all(torch.isfinite(v) for v in task.values())
+    loss = loss + sum(v for k, v in task.items() if k in ("det_loss", "seg_loss"))
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable

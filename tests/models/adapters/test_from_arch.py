@@ -80,7 +80,7 @@ def test_ultralytics_checkpoint_requires_trust_pickle(ultra_ckpt):
         build_model({"adapter": "ultralytics", "weights": str(path)}, nc_det=2, nc_seg=0)
 
 
-def test_ultralytics_checkpoint_loads_with_names_and_weights(ultra_ckpt):
+def test_ultralytics_checkpoint_loads_with_names_and_weights(ultra_ckpt, tmp_path):
     path, ref = ultra_ckpt
     model = build_model(
         {"adapter": "ultralytics", "weights": str(path), "trust_pickle": True}, nc_det=2, nc_seg=3
@@ -93,6 +93,9 @@ def test_ultralytics_checkpoint_loads_with_names_and_weights(ultra_ckpt):
     torch.testing.assert_close(out.det.box, raw["boxes"].transpose(1, 2))
     torch.testing.assert_close(out.det.cls, raw["scores"].transpose(1, 2))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    # converted once (trusted unpickling), then it travels as a safe checkpoint
+    safe = save_checkpoint({"model": model_state(model)}, tmp_path / "safe.pt")
+    _same_outputs(model, load_model(safe), x)
     with pytest.raises(ConfigError, match=r"checkpoint's head has 2 classes, but nc_det = 5"):
         build_model(
             {"adapter": "ultralytics", "weights": str(path), "trust_pickle": True}, nc_det=5, nc_seg=0
@@ -133,6 +136,16 @@ def test_ultralytics_pruned_model_cannot_be_described_by_yaml(build_case):
 def test_ultralytics_config_errors(config, match):
     with pytest.raises(ConfigError, match=match):
         build_model({"adapter": "ultralytics", **config}, nc_det=2, nc_seg=0)
+
+
+def test_head_argument_of_build_model_must_agree(build_case):
+    """``build_model(config, head=...)`` fills ``config["head"]``; a model with a fixed head kind checks it."""
+    cfg = {"adapter": "ultralytics", "model": "yolo26n-sem.yaml"}
+    assert build_model(cfg, nc_det=0, nc_seg=2, head="anchor").det_spec() is None  # seg-only: not applicable
+    with pytest.raises(
+        ConfigError, match=r"field 'head' = 'anchor', but this model's detection head is 'anchor_free'"
+    ):
+        build_model({"adapter": "ultralytics", "model": "yolov8n.yaml"}, nc_det=2, nc_seg=0, head="anchor")
 
 
 # ---------------------------------------------------------------------------------------------- smp

@@ -229,3 +229,14 @@ def test_input_normalization(toys):
     with torch.no_grad():
         torch.testing.assert_close(normed(x).seg, plain((x - m) / s).seg)
     assert normed.arch()["input_std"] == pytest.approx(std)
+
+
+def test_head_fills_det_kind_and_must_agree(toys):
+    from mtkd.models.build import build_model
+
+    cfg = {k: v for k, v in _yolop_config().items() if k != "det_kind"}
+    assert build_model(cfg, nc_det=2, nc_seg=2, head="anchor").det_spec().kind == "anchor"
+    with pytest.raises(
+        ConfigError, match=r"field 'head' = 'anchor_free', but this model's detection head is 'anchor'"
+    ):
+        build_model(_yolop_config(), nc_det=2, nc_seg=2, head="anchor_free")
