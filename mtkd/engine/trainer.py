@@ -23,6 +23,7 @@ naming the epoch, step and term; nothing is saved from that step on, so ``last.p
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -82,10 +83,7 @@ class Trainer:
         cfg, ckpt, self.run_dir = resolve_resume(self.cfg)
         self.cfg = cfg
         self.main = D.is_main()
-        prepare_run_dir(cfg, self.run_dir, resuming=ckpt is not None, create=self.main)
-        if self.main:
-            save_config(cfg.replace(resume=False), self.run_dir / "config.yaml")  # re-runnable as is
-        D.barrier()
+        prepare_run_dir(cfg, self.run_dir, resuming=ckpt is not None, create=False)  # fail fast, write later
         world = D.world_size()
         if cfg.batch % world:
             raise ConfigError(f"batch: {cfg.batch} is not divisible by the {world} DDP ranks")
@@ -122,6 +120,10 @@ class Trainer:
         self.optimizer = build_optimizer(modules, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, iters_per_epoch=self.iters, epochs=cfg.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+        if self.main:  # everything above validated: now touch the run dir
+            prepare_run_dir(cfg, self.run_dir, resuming=ckpt is not None, create=True)
+            save_config(cfg.replace(resume=False), self.run_dir / "config.yaml")  # re-runnable as is
+        D.barrier()
         self.csv = ResultsCSV(self.run_dir / "results.csv") if self.main else None
         self.resume_rng = None
         if ckpt is not None:
@@ -129,6 +131,9 @@ class Trainer:
         self.tb = TensorBoard(self.run_dir, enabled=self.main and cfg.tensorboard)
 
     def _load_train_state(self, st: dict[str, Any]) -> None:
+        if int(st["step"]) and int(st.get("world_size", 1)) != D.world_size():
+            raise ConfigError(f"resume: the run was interrupted mid-epoch with {st.get('world_size', 1)} DDP ranks; "
+                              f"resume it with the same number of ranks (now {D.world_size()})")
         self.student.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
@@ -307,7 +312,7 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
     def fit(self) -> Path:
         """Train to ``cfg.epochs``; returns the run dir. Ctrl-C → ``TrainingInterrupted`` after saving."""
-        old_handler = None
+        old_handler, self._pid = None, os.getpid()
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         try:
@@ -326,6 +331,8 @@ class Trainer:
                 self.tb.close()
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: ignore, the main process winds down
+            return
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True

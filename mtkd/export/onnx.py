@@ -43,7 +43,7 @@ def export_onnx(
     """Export ``model`` (a ``MultiTaskAdapter``, eval mode) to ``out`` and write ``<out>.json`` beside it.
 
     Args:
-        model: the adapter; it is put in eval mode (and left there) and traced on CPU in float32.
+        model: the adapter; it is put in eval mode, float32 and on the CPU (in place) and traced there.
         out: ONNX file to write (parent folders are created).
         imgsz: square input size ``S`` the graph is traced at (the batch axis may be dynamic, H and W are not).
         opset: ONNX opset version.
@@ -183,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch; report latencies")
     p.add_argument("--batch", type=int, default=2, help="batch size for --verify (default 2)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed by --verify")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per runtime for --verify (median reported)")
     return p
 
 
@@ -192,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     from mtkd.engine.checkpoint import load_checkpoint
     from mtkd.models import load_model
 
-    if args.batch < 1:
-        raise ConfigError(f"--batch: expected a positive integer, got {args.batch}")
+    for flag, value in (("--batch", args.batch), ("--runs", args.runs)):
+        if value < 1:
+            raise ConfigError(f"{flag}: expected a positive integer, got {value}")
     ckpt = load_checkpoint(args.weights)
     imgsz = args.imgsz
     if imgsz is None:
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verify:
         return 0
     batch = 1 if args.static_batch else args.batch
-    res = verify_onnx(model, path, imgsz, batch=batch, tol=args.tol)
+    res = verify_onnx(model, path, imgsz, batch=batch, tol=args.tol, iters=args.runs)
     lat = res["latency_ms"]
     print(f"verify (batch {batch}, {res['threads']} threads): max abs diff {format_diffs(res['max_abs_diff'])}")
     print(f"latency median: torch {lat['torch']:.2f} ms, onnxruntime {lat['onnxruntime']:.2f} ms")

@@ -287,7 +287,8 @@ def prune_ignored_layers(model: nn.Module) -> list[nn.Module]:
     Works for ``YoloMT`` and for any adapter that defines ``ignored_layers()``; otherwise every ``AnchorHead``,
     ``AnchorFreeHead`` and ``SegHead`` found inside the model contributes its output layers.
     """
-    model = getattr(model, "module", model) if not hasattr(model, "ignored_layers") else model
+    if not hasattr(model, "ignored_layers"):
+        model = getattr(model, "module", model)  # DDP-wrapped
     if hasattr(model, "ignored_layers"):
         return list(model.ignored_layers())
     out: list[nn.Module] = []

@@ -10,9 +10,9 @@ Inputs ``convert_file`` understands:
   float16): the EMA weights when present, in float32, wrapped with the Ultralytics adapter;
 - a Torch-Pruning ``tp.state_dict(model)`` file (experimental in Torch-Pruning 1.6): a dict
   ``{"full_state_dict": {module_name: module.__dict__}, "attributions": {...}}``. The module dicts hold the
-  pruned child modules themselves, so it is a pickle too; it is applied with ``tp.load_state_dict`` onto
-  ``base=`` (a safe checkpoint of the unpruned model, which supplies the adapter class), and ``arch()`` then
-  reads the pruned widths from the live modules.
+  pruned child modules themselves, so it is a pickle too; it is applied like ``tp.load_state_dict`` onto
+  ``base=`` (a safe checkpoint of the unpruned model) or ``arch=`` (a built-in model name), which supply the
+  adapter class, and ``arch()`` then reads the pruned widths from the live modules.
 
 The last three contain pickled Python objects: unpickling them runs whatever code the file names, so they are
 loaded (``weights_only=False``) only when ``trust_pickle=True``. Before that, the file is inspected without
@@ -162,7 +162,7 @@ def _load_base(path: Path, base: str | os.PathLike | None, what: str) -> MultiTa
     if base is None:
         raise ConfigError(
             f"{path}: {what} carries no architecture; pass --base SAFE_CKPT (an mtkd checkpoint of the "
-            f"same, unpruned model) to build it"
+            f"same, unpruned model)"
         )
     from mtkd.models import load_model
 
@@ -177,10 +177,21 @@ def _from_state_dict(path: Path, state: Mapping[str, Tensor], base: str | os.Pat
     return model
 
 
-def _from_tp_state_dict(path: Path, obj: Mapping[str, Any], base: str | os.PathLike | None) -> MultiTaskAdapter:
+def _from_tp_state_dict(
+    path: Path, obj: Mapping[str, Any], base: str | os.PathLike | None, arch: str | None
+) -> MultiTaskAdapter:
     """``tp.load_state_dict`` onto the base model, skipping read-only attributes (properties such as
-    ``MultiTaskAdapter.nc_det``, which ``tp.state_dict`` records and ``tp.load_state_dict`` fails to set)."""
-    model = _load_base(path, base, "a Torch-Pruning tp.state_dict file")
+    ``MultiTaskAdapter.nc_det``, which ``tp.state_dict`` records and ``tp.load_state_dict`` fails to set).
+
+    The file holds every module's ``__dict__`` (children, widths, class names included), so the base only
+    supplies the adapter class: ``arch`` = a built-in model name (``yolo_mt_n``) is enough, its class
+    counts and head kind are replaced by the file's."""
+    if arch is not None and base is None:
+        from mtkd.models import build_model
+
+        model = build_model(arch, nc_det=1, nc_seg=1)
+    else:
+        model = _load_base(path, base, "a Torch-Pruning tp.state_dict file (pass --base SAFE_CKPT or --arch NAME)")
     full, attrs = obj["full_state_dict"], obj.get("attributions") or {}
     for name, module in model.named_modules():  # lazy: after the root update it walks the pruned children
         if name in full:
@@ -215,7 +226,9 @@ def _wrap_ultralytics(path: Path, module: nn.Module) -> MultiTaskAdapter:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def find_model(obj: Any, path: Path, *, base: str | os.PathLike | None = None) -> MultiTaskAdapter:
+def find_model(
+    obj: Any, path: Path, *, base: str | os.PathLike | None = None, arch: str | None = None
+) -> MultiTaskAdapter:
     """The adapter inside an unpickled object (see the module docstring for the layouts recognised)."""
     if isinstance(obj, nn.Module):
         obj = getattr(obj, "module", obj)  # DDP / DataParallel
@@ -230,11 +243,11 @@ def find_model(obj: Any, path: Path, *, base: str | os.PathLike | None = None) -
         )
     if isinstance(obj, Mapping):
         if "full_state_dict" in obj and "attributions" in obj:
-            return _from_tp_state_dict(path, obj, base)
+            return _from_tp_state_dict(path, obj, base, arch)
         for key in ("ema", "model", "student", "state_dict", "model_state_dict"):
             value = obj.get(key)
             if isinstance(value, nn.Module) or (key != "ema" and _is_state_dict(value)):
-                return find_model(value, path, base=base)
+                return find_model(value, path, base=base, arch=arch)
         if _is_state_dict(obj):
             return _from_state_dict(path, obj, base)
         keys = ", ".join(map(str, list(obj)[:8]))
@@ -250,9 +263,13 @@ def convert_file(
     verify: bool = False,
     tol: float = DEFAULT_TOL,
     base: str | os.PathLike | None = None,
+    arch: str | None = None,
     imgsz: int = 128,
 ) -> dict[str, Any]:
     """Convert ``src`` to a safe checkpoint at ``out`` (see the module docstring).
+
+    Plain state dicts need ``base`` (a safe checkpoint of the same architecture); Torch-Pruning
+    ``tp.state_dict`` files need ``base`` or ``arch`` (the built-in model name they were pruned from).
 
     Returns ``{"out", "kind", "params", "max_abs_diff"}``; ``kind`` is ``"mtkd"``, ``"state_dict"`` or
     ``"pickle"``. Raises ``CheckpointError`` (refusal, unreadable file, no model, verification failure).
@@ -280,14 +297,14 @@ def convert_file(
                 _copy_atomic(path, out)
             return {"out": out, "kind": "mtkd", "params": sum(p.numel() for p in model.parameters()),
                     "max_abs_diff": None}
-        model = find_model(obj, path, base=base)
+        model = find_model(obj, path, base=base, arch=arch)
         res = convert_module(model, out, verify=verify, tol=tol, imgsz=imgsz, source=str(path))
         return {**res, "kind": "state_dict"}
 
     if not trust_pickle:
         raise CheckpointError(refusal_message(path, scan.example_class()))
     obj = _trusted_load(path)
-    model = find_model(obj, path, base=base)
+    model = find_model(obj, path, base=base, arch=arch)
     res = convert_module(model, out, verify=verify, tol=tol, imgsz=imgsz, source=str(path))
     return {**res, "kind": "pickle"}
 
@@ -305,6 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=DEFAULT_TOL, help=f"max abs difference for --verify ({DEFAULT_TOL:g})")
     p.add_argument("--base", default=None,
                    help="safe checkpoint of the same (unpruned) architecture, for state_dict / tp.state_dict inputs")
+    p.add_argument("--arch", default=None,
+                   help="built-in model name (e.g. yolo_mt_n) the tp.state_dict file was pruned from (or --base)")
     p.add_argument("--imgsz", type=int, default=128, help="image size for --verify (default 128)")
     return p
 
@@ -316,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--imgsz: expected a positive multiple of 32, got {args.imgsz}")
     try:
         res = convert_file(args.input, args.out, trust_pickle=args.trust_pickle, verify=args.verify,
-                           tol=args.tol, base=args.base, imgsz=args.imgsz)
+                           tol=args.tol, base=args.base, arch=args.arch, imgsz=args.imgsz)
     except VerificationError as e:
         print(f"mtkd convert: verify FAILED: {e}")
         return 1

@@ -23,7 +23,8 @@ roughly ``1 - (1 - ratio)**2``. ``target_macs`` prunes in small steps until the 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -98,10 +99,32 @@ def _importance(name: str) -> tp.importance.Importance:
     raise ConfigError(f"importance: expected one of {', '.join(IMPORTANCES)}, got {name!r}")
 
 
+@contextmanager
+def _torch_pruning_errors(model: nn.Module) -> Iterator[None]:
+    """Turn Torch-Pruning's deep errors on unsupported graphs into one ``ConfigError`` line."""
+    try:
+        yield
+    except (IndexError, RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(
+            f"prune: Torch-Pruning cannot prune this {type(model).__name__} ({type(e).__name__}: {first}); "
+            f"blocks that split channels with chunk/split (e.g. Ultralytics C2f/C3k2) break its dependency "
+            f"graph: prune the built-in yolo_mt family instead. The model was left partially pruned."
+        ) from e
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def count_macs_params(model: nn.Module, imgsz: int) -> tuple[int, int]:
-    """``(MACs, params)`` of one forward pass at ``[1, 3, imgsz, imgsz]`` (Torch-Pruning's op counter)."""
+    """``(MACs, params)`` of one forward pass at ``[1, 3, imgsz, imgsz]`` (Torch-Pruning's op counter).
+
+    MACs count a multiply-add once (``mtkd.eval.speed.count_flops`` reports FLOPs, about twice as many)."""
     was_training = model.training
-    macs, params = tp.utils.count_ops_and_params(FlatOutputs(model).eval(), torch.zeros(1, 3, imgsz, imgsz))
+    example = torch.zeros(1, 3, imgsz, imgsz, device=_device(model))
+    macs, params = tp.utils.count_ops_and_params(FlatOutputs(model).eval(), example)
     model.train(was_training)
     return int(macs), int(params)
 
@@ -144,10 +167,13 @@ def prune_model(
         raise ConfigError(f"iterative_steps: expected a positive integer, got {iterative_steps}")
     if imgsz < 32 or imgsz % 32:
         raise ConfigError(f"imgsz: expected a positive multiple of 32, got {imgsz}")
+    if round_to is not None and round_to < 1:
+        raise ConfigError(f"round_to: expected a positive integer, got {round_to}")
     imp = _importance(importance)
 
     gen = torch.Generator().manual_seed(seed)
-    example = torch.randn(1, 3, imgsz, imgsz, generator=gen)
+    device = _device(model)
+    example = torch.randn(1, 3, imgsz, imgsz, generator=gen).to(device)
     was_training = model.training
     model.eval()
     wrapper = FlatOutputs(model)
@@ -160,35 +186,30 @@ def prune_model(
 
     steps = iterative_steps if target_macs is None else max(iterative_steps, TARGET_STEPS)
     pruner_cls = tp.pruner.BNScalePruner if importance == "bn_scale" else tp.pruner.MetaPruner
-    taylor_images = torch.rand(2, 3, imgsz, imgsz, generator=gen)
+    taylor_images = torch.rand(2, 3, imgsz, imgsz, generator=gen).to(device)
     macs = macs0
     try:
-        pruner = pruner_cls(
-            wrapper,
-            example,
-            importance=imp,
-            global_pruning=global_pruning,
-            pruning_ratio=ratio if ratio is not None else MAX_TARGET_RATIO,
-            iterative_steps=steps,
-            ignored_layers=ignored_layers_of(model, example),
-            round_to=round_to,
-        )
+        with _torch_pruning_errors(model):
+            pruner = pruner_cls(
+                wrapper,
+                example,
+                importance=imp,
+                global_pruning=global_pruning,
+                pruning_ratio=ratio if ratio is not None else MAX_TARGET_RATIO,
+                iterative_steps=steps,
+                ignored_layers=ignored_layers_of(model, example),
+                round_to=round_to,
+            )
         for _ in range(steps):
             if importance == "taylor":
                 model.zero_grad(set_to_none=True)
                 (loss_fn or _surrogate_loss)(model, taylor_images).backward()
-            pruner.step()
+            with _torch_pruning_errors(model):
+                pruner.step()
             if target_macs is not None:
                 macs, _ = count_macs_params(model, imgsz)
                 if macs <= target_macs:
                     break
-    except (IndexError, RuntimeError, ValueError, KeyError) as e:  # Torch-Pruning's dependency graph gave up
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(
-            f"prune: Torch-Pruning cannot prune this {type(model).__name__} ({type(e).__name__}: {first}); "
-            f"blocks that split channels with chunk/split (e.g. Ultralytics C2f/C3k2) break its dependency "
-            f"graph: prune the built-in yolo_mt family instead. The model was left partially pruned."
-        ) from e
     finally:
         model.zero_grad(set_to_none=True)
     if target_macs is not None and macs > target_macs:
@@ -252,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     target = _parse_count(args.target_macs) if args.target_macs is not None else None
     ckpt = load_checkpoint(args.weights)
     config = ckpt.get("config") or {}
-    imgsz = args.imgsz or (int(config["imgsz"]) if isinstance(config.get("imgsz"), int) else 640)
+    imgsz = args.imgsz if args.imgsz is not None else (
+        int(config["imgsz"]) if isinstance(config.get("imgsz"), int) else 640)
     model = load_model(ckpt)
     macs0, params0 = count_macs_params(model, imgsz)
     prune_model(model, ratio=args.ratio, target_macs=target, importance=args.importance,

@@ -85,7 +85,7 @@ def test_cli_export_with_verify(tmp_path, capsys):
     model = _model("anchor_free", True)
     ckpt = save_checkpoint({"model": model_state(model), "names": {}, "config": {"imgsz": IMGSZ}}, tmp_path / "w.pt")
     out = tmp_path / "sub" / "model.onnx"
-    assert main(["--weights", str(ckpt), "--out", str(out), "--verify", "--batch", "2"]) == 0
+    assert main(["--weights", str(ckpt), "--out", str(out), "--verify", "--batch", "2", "--runs", "2"]) == 0
     text = capsys.readouterr().out
     assert f"imgsz {IMGSZ}" in text and "verify OK" in text and "onnxruntime" in text
     assert out.is_file() and (tmp_path / "sub" / "model.onnx.json").is_file()

@@ -16,10 +16,16 @@ def test_build_by_name_and_config():
     m = build_model("yolo_mt_n", nc_det=2, nc_seg=3)
     assert m.adapter_name == "native" and m.det_spec().kind == "anchor"
     assert m.det_names == ["class0", "class1"] and m.nc_seg == 3
-    m = build_model({"adapter": "native", "name": "yolo_mt_n", "reg_max": 8}, head="anchor_free",
-                    det_names=["a"], seg_names=["bg", "a"])
+    m = build_model(
+        {"adapter": "native", "name": "yolo_mt_n", "reg_max": 8},
+        head="anchor_free",
+        det_names=["a"],
+        seg_names=["bg", "a"],
+    )
     assert m.det_spec().kind == "anchor_free" and m.det_spec().reg_max == 8 and m.det_names == ["a"]
-    m = build_model({"adapter": "native", "scale": "n", "head": "anchor"}, head="anchor_free", nc_det=1, nc_seg=2)
+    m = build_model(
+        {"adapter": "native", "scale": "n", "head": "anchor"}, head="anchor_free", nc_det=1, nc_seg=2
+    )
     assert m.det_spec().kind == "anchor"  # the config's own head wins
 
 
@@ -49,10 +55,14 @@ def test_build_requires_class_counts():
 
 def test_arch_roundtrip_and_checkpoint(tmp_path):
     torch.manual_seed(0)
-    model = build_model("yolo_mt_n", head="anchor_free", det_names=["a", "b"], seg_names=["bg", "a", "b"]).eval()
+    model = build_model(
+        "yolo_mt_n", head="anchor_free", det_names=["a", "b"], seg_names=["bg", "a", "b"]
+    ).eval()
     state = model_state(model)
     assert json.loads(json.dumps(state["arch"])) == state["arch"]
-    path = save_checkpoint({"model": state, "names": {"det": model.det_names, "seg": model.seg_names}}, tmp_path / "m.pt")
+    path = save_checkpoint(
+        {"model": state, "names": {"det": model.det_names, "seg": model.seg_names}}, tmp_path / "m.pt"
+    )
     raw = torch.load(path, weights_only=True)  # no pickled code
     assert raw["model"]["arch"]["adapter"] == "native"
     x = torch.rand(1, 3, 64, 64)
@@ -72,7 +82,9 @@ def test_load_model_errors(tmp_path):
     bad = dict(state["state_dict"])
     key = "backbone.stem.conv.weight"
     bad[key] = torch.zeros(1, 3, 3, 3)
-    with pytest.raises(CheckpointError, match=r"backbone\.stem\.conv\.weight.*\(1, 3, 3, 3\).*\(8, 3, 3, 3\)"):
+    with pytest.raises(
+        CheckpointError, match=r"backbone\.stem\.conv\.weight.*\(1, 3, 3, 3\).*\(8, 3, 3, 3\)"
+    ):
         load_model({"model": {"arch": state["arch"], "state_dict": bad}})
     bad = {k: v for k, v in state["state_dict"].items() if k != key}
     with pytest.raises(CheckpointError, match="lacks key 'backbone.stem.conv.weight'"):

@@ -27,7 +27,9 @@ def check_output(model: MultiTaskAdapter, out: MultiTaskOutput, b: int) -> None:
     if det.kind == "anchor":
         na = 3
         assert det.box.shape == (b, na * CELLS, 4) and det.obj.shape == (b, na * CELLS)
-        assert [tuple(r.shape) for r in det.raw] == [(b, na, SIZE // s, SIZE // s, 5 + NC_DET) for s in (8, 16, 32)]
+        assert [tuple(r.shape) for r in det.raw] == [
+            (b, na, SIZE // s, SIZE // s, 5 + NC_DET) for s in (8, 16, 32)
+        ]
         assert det.anchors.shape == (3, na, 2) and det.reg_max is None
         assert torch.equal(det.obj[:, 0], det.raw[0][:, 0, 0, 0, 4])  # flat view is level/anchor/y/x ordered
     else:
@@ -74,7 +76,9 @@ def test_contract_shapes_s_m(scale, head):
 
 def test_scale_sizes():
     """Parameter counts grow with the scale and stay small (CPU-trainable)."""
-    counts = {s: sum(p.numel() for p in build_model(f"yolo_mt_{s}", nc_det=3, nc_seg=4).parameters()) for s in "nsm"}
+    counts = {
+        s: sum(p.numel() for p in build_model(f"yolo_mt_{s}", nc_det=3, nc_seg=4).parameters()) for s in "nsm"
+    }
     assert 0.3e6 < counts["n"] < 0.8e6 and 1e6 < counts["s"] < 3e6 and counts["m"] > counts["s"]
 
 

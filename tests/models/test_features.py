@@ -22,8 +22,14 @@ def test_short_names_give_neck_outputs(model):
     assert {"p3", "p4", "p5"} <= set(model.feature_names())
     out = model(torch.rand(2, 3, 64, 64), features=("p3", "p4", "p5"))
     assert list(out.features) == ["p3", "p4", "p5"]
-    ch = [model.neck.p3.cv3.conv.out_channels, model.neck.p4.cv3.conv.out_channels, model.neck.p5.cv3.conv.out_channels]
-    assert [tuple(f.shape) for f in out.features.values()] == [(2, c, 64 // s, 64 // s) for c, s in zip(ch, (8, 16, 32))]
+    ch = [
+        model.neck.p3.cv3.conv.out_channels,
+        model.neck.p4.cv3.conv.out_channels,
+        model.neck.p5.cv3.conv.out_channels,
+    ]
+    assert [tuple(f.shape) for f in out.features.values()] == [
+        (2, c, 64 // s, 64 // s) for c, s in zip(ch, (8, 16, 32))
+    ]
     assert out.features["p3"].requires_grad  # attached to the graph: feature KD can train the student
     assert hooks(model) == 0
     assert model(torch.rand(1, 3, 64, 64)).features == {}

@@ -14,8 +14,15 @@ NC = 3
 def anchor_det(size: int = 64) -> tuple[DetOutput, list[torch.Tensor]]:
     raw = [torch.full((1, 3, size // s, size // s, 5 + NC), -10.0) for s in STRIDES]
     flat = torch.cat([r.flatten(1, 3) for r in raw], 1)
-    det = DetOutput(raw=raw, box=flat[..., :4], obj=flat[..., 4], cls=flat[..., 5:], kind="anchor",
-                    strides=STRIDES, anchors=torch.tensor(DEFAULT_ANCHORS))
+    det = DetOutput(
+        raw=raw,
+        box=flat[..., :4],
+        obj=flat[..., 4],
+        cls=flat[..., 5:],
+        kind="anchor",
+        strides=STRIDES,
+        anchors=torch.tensor(DEFAULT_ANCHORS),
+    )
     return det, raw
 
 
@@ -36,12 +43,21 @@ def af_det(size: int = 64, reg_max: int = 16) -> tuple[DetOutput, dict]:
     feats = [torch.zeros(1, 4 * reg_max + NC, size // s, size // s) for s in STRIDES]
     a = sum(f.shape[-1] * f.shape[-2] for f in feats)
     raw = {"boxes": torch.zeros(1, 4 * reg_max, a), "scores": torch.full((1, NC, a), -10.0), "feats": feats}
-    det = DetOutput(raw=raw, box=raw["boxes"].transpose(1, 2), obj=None, cls=raw["scores"].transpose(1, 2),
-                    kind="anchor_free", strides=STRIDES, reg_max=reg_max)
+    det = DetOutput(
+        raw=raw,
+        box=raw["boxes"].transpose(1, 2),
+        obj=None,
+        cls=raw["scores"].transpose(1, 2),
+        kind="anchor_free",
+        strides=STRIDES,
+        reg_max=reg_max,
+    )
     return det, raw
 
 
-def set_af(raw: dict, idx: int, ltrb: tuple[int, int, int, int], cls: int, logit: float = 10.0, reg_max: int = 16):
+def set_af(
+    raw: dict, idx: int, ltrb: tuple[int, int, int, int], cls: int, logit: float = 10.0, reg_max: int = 16
+):
     d = raw["boxes"].view(1, 4, reg_max, -1)
     d[0, :, :, idx] = -30.0
     for side, k in enumerate(ltrb):
@@ -66,7 +82,9 @@ def test_anchor_free_decode_known_box():
 def test_nms_drops_duplicate_keeps_other_class_and_clips():
     det, raw = af_det()
     set_af(raw, 1 * 8 + 2, (2, 1, 3, 4), cls=1, logit=10.0)  # (4, 4, 44, 44)
-    set_af(raw, 1 * 8 + 3, (3, 1, 2, 4), cls=1, logit=5.0)  # same box from the neighbour position, lower score
+    set_af(
+        raw, 1 * 8 + 3, (3, 1, 2, 4), cls=1, logit=5.0
+    )  # same box from the neighbour position, lower score
     set_af(raw, 7 * 8 + 7, (1, 1, 3, 3), cls=0, logit=8.0)  # (52, 52, 84, 84) -> clipped to (52, 52, 64, 64)
     (res,) = postprocess_det(det, (64, 64), conf=0.25, iou=0.6)
     assert res["labels"].tolist() == [1, 0]  # sorted by score; the duplicate is gone

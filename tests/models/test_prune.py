@@ -22,7 +22,9 @@ def test_prune_and_rebuild(scale, head, pruned_factory):
 
     arch = pruned.arch()
     assert json.loads(json.dumps(arch)) == arch  # JSON-like, no tensors or modules
-    assert arch["layers"]["backbone"] != default_layers(scale)["backbone"]  # widths read from the live modules
+    assert (
+        arch["layers"]["backbone"] != default_layers(scale)["backbone"]
+    )  # widths read from the live modules
     assert pruned.backbone.csp2.cv1.conv.out_channels == arch["layers"]["backbone"]["csp2"]["cv1"]
 
     rebuilt = build_from_arch(arch)

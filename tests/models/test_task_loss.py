@@ -69,12 +69,20 @@ def test_anchor_free_matches_ultralytics(batch_factory):
     ours = TaskLoss(model)(out, shuffled)
 
     det = SimpleNamespace(stride=torch.tensor([8.0, 16, 32]), nc=3, reg_max=16)
-    shim = SimpleNamespace(args=SimpleNamespace(**ANCHOR_FREE_GAINS), model=[det], parameters=lambda: iter([det.stride]))
+    shim = SimpleNamespace(
+        args=SimpleNamespace(**ANCHOR_FREE_GAINS), model=[det], parameters=lambda: iter([det.stride])
+    )
     bx = batch["boxes"]
     xywh = torch.cat(((bx[:, :2] + bx[:, 2:]) / 2, bx[:, 2:] - bx[:, :2]), 1) / 64
-    ref_batch = {"batch_idx": batch["batch_idx"].float(), "cls": batch["labels"].float()[:, None], "bboxes": xywh}
+    ref_batch = {
+        "batch_idx": batch["batch_idx"].float(),
+        "cls": batch["labels"].float()[:, None],
+        "bboxes": xywh,
+    }
     ref, _ = v8DetectionLoss(shim)(out.det.raw, ref_batch)  # sum of (box, cls, dfl) * batch size
-    assert torch.allclose(torch.stack([ours["det_box"], ours["det_cls"], ours["det_dfl"]]) * 2, ref, rtol=1e-5)
+    assert torch.allclose(
+        torch.stack([ours["det_box"], ours["det_cls"], ours["det_dfl"]]) * 2, ref, rtol=1e-5
+    )
     assert ours["det_loss"].item() == pytest.approx(ref.sum().item() / 2, rel=1e-5)
 
 
@@ -82,7 +90,11 @@ def test_anchor_free_matches_ultralytics(batch_factory):
 def test_empty_targets(head, batch_factory):
     model = build_model("yolo_mt_n", nc_det=3, nc_seg=4, head=head)
     batch = batch_factory()
-    batch.update(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long), batch_idx=torch.zeros(0, dtype=torch.long))
+    batch.update(
+        boxes=torch.zeros(0, 4),
+        labels=torch.zeros(0, dtype=torch.long),
+        batch_idx=torch.zeros(0, dtype=torch.long),
+    )
     losses = TaskLoss(model)(model(batch["images"]), batch)
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["det_box"].item() == 0.0 and losses["det_loss"].item() > 0  # no boxes: background only

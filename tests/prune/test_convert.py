@@ -162,11 +162,19 @@ def test_torch_pruning_state_dict_applies_pruned_widths_to_base(tmp_path):
     torch.save(tp.state_dict(pruned), tmp_path / "tp.pt")
     with pytest.raises(CheckpointError, match="--trust-pickle"):
         convert_file(tmp_path / "tp.pt", tmp_path / "out.pt", base=base)
+    with pytest.raises(ConfigError, match="--arch"):
+        convert_file(tmp_path / "tp.pt", tmp_path / "out.pt", trust_pickle=True)
     res = convert_file(tmp_path / "tp.pt", tmp_path / "out.pt", trust_pickle=True, base=base, verify=True,
                        imgsz=IMGSZ)
     rebuilt = load_model(res["out"])
     assert rebuilt.arch()["layers"] == pruned.arch()["layers"]
     assert max(compare_models(pruned, rebuilt, imgsz=IMGSZ).values()) <= 1e-5
+    # the model name is enough: class names and widths come from the file
+    assert main([str(tmp_path / "tp.pt"), "--out", str(tmp_path / "out2.pt"), "--trust-pickle",
+                 "--arch", "yolo_mt_n", "--imgsz", str(IMGSZ)]) == 0
+    rebuilt2 = load_model(tmp_path / "out2.pt")
+    assert rebuilt2.arch() == pruned.arch()
+    assert max(compare_models(pruned, rebuilt2, imgsz=IMGSZ).values()) <= 1e-5
 
 
 def test_class_defined_in_main_gives_clear_error(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ This is how users usually hold a teacher: a class in their own package plus a ``
 names the class by import path and says where seg and det are in its output::
 
     adapter: generic
-    target: yolop.models:YOLOP          # package.module:Class (attribute path after the colon)
+    target: yolop.models:YOLOP          # package.module:Class or factory function (attribute path after :)
     kwargs: {nc: 1}                      # constructor keyword arguments (JSON-like)
     state_dict: weights/yolop.pt         # loaded with torch.load(weights_only=True), strict
     state_dict_key: state_dict           # optional: take ckpt["state_dict"] from the loaded dict
@@ -17,6 +17,8 @@ names the class by import path and says where seg and det are in its output::
     seg_activation: sigmoid              # logits | sigmoid | softmax: what the seg output is
     features: {p3: neck.2}               # optional short names for feature taps (module paths)
     freeze: [lane_head]                  # optional: module paths of branches whose outputs are not mapped
+    input_mean: [0.485, 0.456, 0.406]    # optional normalization of the [0, 1] input (with input_std)
+    input_std: [0.229, 0.224, 0.225]
 
 Detection layouts are recognised by rank: ``anchor`` heads give per level ``[B, na, H, W, 5 + nc]`` (YOLOv5
 channel order: xywh, objectness, classes) or ``[B, na * (5 + nc), H, W]`` maps; ``anchor_free`` heads give an

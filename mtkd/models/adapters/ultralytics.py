@@ -94,7 +94,7 @@ class UltralyticsAdapter(MultiTaskAdapter):
         if head.nc != expected:
             task = "det" if self.task == "detect" else "seg"
             raise ConfigError(
-                f"{_WHERE}: the model's {type(head).__name__} head has {head.nc} classes, {task}_names {expected}"
+                f"{_WHERE}: the model's {type(head).__name__} head has {head.nc} classes but {task}_names has {expected}"
             )
         self.model = model
         idx = [

@@ -138,7 +138,7 @@ def test_ultralytics_config_errors(config, match):
         build_model({"adapter": "ultralytics", **config}, nc_det=2, nc_seg=0)
 
 
-def test_head_argument_of_build_model_must_agree(build_case):
+def test_head_argument_of_build_model_must_agree():
     """``build_model(config, head=...)`` fills ``config["head"]``; a model with a fixed head kind checks it."""
     cfg = {"adapter": "ultralytics", "model": "yolo26n-sem.yaml"}
     assert build_model(cfg, nc_det=0, nc_seg=2, head="anchor").det_spec() is None  # seg-only: not applicable
