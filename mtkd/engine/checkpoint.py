@@ -29,6 +29,12 @@ from mtkd.errors import CheckpointError
 FORMAT = "mtkd-checkpoint"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``ckpt`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
 
@@ -43,6 +49,7 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
