@@ -75,27 +75,47 @@ def export_onnx(
             opset_version=opset,
             do_constant_folding=True,
         )
-    card = model_card(model, imgsz=imgsz, output_names=names, output_shapes=shapes, opset=opset,
-                      dynamic_batch=dynamic_batch)
+    card = model_card(
+        model, imgsz=imgsz, output_names=names, output_shapes=shapes, opset=opset, dynamic_batch=dynamic_batch
+    )
     Path(f"{out}.json").write_text(json.dumps(card, indent=2))
     return out
 
 
-def model_card(model: nn.Module, *, imgsz: int, output_names: list[str], output_shapes: list[list[int]],
-               opset: int, dynamic_batch: bool) -> dict[str, Any]:
+def model_card(
+    model: nn.Module,
+    *,
+    imgsz: int,
+    output_names: list[str],
+    output_shapes: list[list[int]],
+    opset: int,
+    dynamic_batch: bool,
+) -> dict[str, Any]:
     """What a deployment needs to feed the graph and decode its outputs (JSON-like)."""
     spec = model.det_spec() if hasattr(model, "det_spec") else None
     det: dict[str, Any] | None = None
     if spec is not None:
-        det = {"kind": spec.kind, "num_classes": spec.num_classes, "strides": list(spec.strides),
-               "anchors": [[list(a) for a in level] for level in spec.anchors] if spec.anchors else None,
-               "reg_max": spec.reg_max}
+        det = {
+            "kind": spec.kind,
+            "num_classes": spec.num_classes,
+            "strides": list(spec.strides),
+            "anchors": [[list(a) for a in level] for level in spec.anchors] if spec.anchors else None,
+            "reg_max": spec.reg_max,
+        }
     return {
         "format": "mtkd-onnx",
-        "input": {"name": "images", "shape": ["batch" if dynamic_batch else 1, 3, imgsz, imgsz],
-                  "dtype": "float32", "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]},
-        "outputs": [{"name": n, "shape": ["batch" if dynamic_batch else 1, *s[1:]]}
-                    for n, s in zip(output_names, output_shapes)],
+        "input": {
+            "name": "images",
+            "shape": ["batch" if dynamic_batch else 1, 3, imgsz, imgsz],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "color": "RGB",
+            "range": [0.0, 1.0],
+        },
+        "outputs": [
+            {"name": n, "shape": ["batch" if dynamic_batch else 1, *s[1:]]}
+            for n, s in zip(output_names, output_shapes)
+        ],
         "names": {"det": list(getattr(model, "det_names", [])), "seg": list(getattr(model, "seg_names", []))},
         "det": det,
         "seg": {"logits": True, "resolution": "input"} if "seg" in output_names else None,
@@ -176,14 +196,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", required=True, help="safe mtkd checkpoint (.pt)")
     p.add_argument("--out", required=True, help="ONNX file to write; <out>.json gets the model card")
-    p.add_argument("--imgsz", type=int, default=None,
-                   help=f"input size (default: the checkpoint's config imgsz, else {DEFAULT_IMGSZ})")
+    p.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
+        help=f"input size (default: the checkpoint's config imgsz, else {DEFAULT_IMGSZ})",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
     p.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch; report latencies")
     p.add_argument("--batch", type=int, default=2, help="batch size for --verify (default 2)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed by --verify")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per runtime for --verify (median reported)")
+    p.add_argument(
+        "--runs", type=int, default=10, help="timed runs per runtime for --verify (median reported)"
+    )
     return p
 
 
@@ -205,14 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(ckpt)
     path = export_onnx(model, args.out, imgsz=imgsz, opset=args.opset, dynamic_batch=not args.static_batch)
     size_mb = path.stat().st_size / 2**20
-    print(f"exported {args.weights} -> {path} ({size_mb:.2f} MiB, imgsz {imgsz}, opset {args.opset}); "
-          f"model card: {path}.json")
+    print(
+        f"exported {args.weights} -> {path} ({size_mb:.2f} MiB, imgsz {imgsz}, opset {args.opset}); "
+        f"model card: {path}.json"
+    )
     if not args.verify:
         return 0
     batch = 1 if args.static_batch else args.batch
     res = verify_onnx(model, path, imgsz, batch=batch, tol=args.tol, iters=args.runs)
     lat = res["latency_ms"]
-    print(f"verify (batch {batch}, {res['threads']} threads): max abs diff {format_diffs(res['max_abs_diff'])}")
+    print(
+        f"verify (batch {batch}, {res['threads']} threads): max abs diff {format_diffs(res['max_abs_diff'])}"
+    )
     print(f"latency median: torch {lat['torch']:.2f} ms, onnxruntime {lat['onnxruntime']:.2f} ms")
     if not res["ok"]:
         print(f"verify FAILED: an output differs by more than {args.tol:g}")

@@ -96,9 +96,18 @@ def convert_module(
         )
     model.float().eval()
     out = Path(out)
-    metrics = {"convert": {"source": source or "python", "type": f"{type(model).__module__}.{type(model).__name__}"}}
-    save_checkpoint({"model": model_state(model), "names": {"det": list(model.det_names),
-                     "seg": list(model.seg_names)}, "config": dict(config or {}), "metrics": metrics}, out)
+    metrics = {
+        "convert": {"source": source or "python", "type": f"{type(model).__module__}.{type(model).__name__}"}
+    }
+    save_checkpoint(
+        {
+            "model": model_state(model),
+            "names": {"det": list(model.det_names), "seg": list(model.seg_names)},
+            "config": dict(config or {}),
+            "metrics": metrics,
+        },
+        out,
+    )
     rebuilt = load_model(out)  # weights_only=True: the proof that the file is safe and complete
     diffs = None
     if verify:
@@ -153,8 +162,10 @@ def _trusted_load(path: Path) -> Any:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     )
 
 
@@ -169,7 +180,9 @@ def _load_base(path: Path, base: str | os.PathLike | None, what: str) -> MultiTa
     return load_model(base)
 
 
-def _from_state_dict(path: Path, state: Mapping[str, Tensor], base: str | os.PathLike | None) -> MultiTaskAdapter:
+def _from_state_dict(
+    path: Path, state: Mapping[str, Tensor], base: str | os.PathLike | None
+) -> MultiTaskAdapter:
     from mtkd.models.build import load_state_strict
 
     model = _load_base(path, base, "a plain state_dict")
@@ -191,7 +204,9 @@ def _from_tp_state_dict(
 
         model = build_model(arch, nc_det=1, nc_seg=1)
     else:
-        model = _load_base(path, base, "a Torch-Pruning tp.state_dict file (pass --base SAFE_CKPT or --arch NAME)")
+        model = _load_base(
+            path, base, "a Torch-Pruning tp.state_dict file (pass --base SAFE_CKPT or --arch NAME)"
+        )
     full, attrs = obj["full_state_dict"], obj.get("attributions") or {}
     for name, module in model.named_modules():  # lazy: after the root update it walks the pruned children
         if name in full:
@@ -213,15 +228,22 @@ def _wrap_ultralytics(path: Path, module: nn.Module) -> MultiTaskAdapter:
     module.requires_grad_(True)  # Ultralytics strips requires_grad from saved checkpoints
     head = module.model[-1] if isinstance(getattr(module, "model", None), nn.Sequential) else None
     if head is None or not hasattr(head, "nc"):
-        raise CheckpointError(f"{path}: {type(module).__name__} is not an Ultralytics detection/semantic model")
+        raise CheckpointError(
+            f"{path}: {type(module).__name__} is not an Ultralytics detection/semantic model"
+        )
     if hasattr(head, "dfl") and hasattr(head.dfl, "conv"):
         head.dfl.requires_grad_(False)
     raw = getattr(module, "names", None)
-    names = [str(raw[i]) for i in range(int(head.nc))] if isinstance(raw, Mapping) and len(raw) == head.nc \
+    names = (
+        [str(raw[i]) for i in range(int(head.nc))]
+        if isinstance(raw, Mapping) and len(raw) == head.nc
         else [f"class{i}" for i in range(int(head.nc))]
+    )
     semantic = type(head).__name__ == "SemanticSegment"
     try:
-        return UltralyticsAdapter(module, det_names=() if semantic else names, seg_names=names if semantic else ())
+        return UltralyticsAdapter(
+            module, det_names=() if semantic else names, seg_names=names if semantic else ()
+        )
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -279,8 +301,10 @@ def convert_file(
         raise CheckpointError(f"{path}: file not found")
     scan = scan_file(path)
     if scan.container == "torchscript":
-        raise CheckpointError(f"{path}: a TorchScript archive (torch.jit.save) cannot be converted; "
-                              f"convert the eager model with mtkd.prune.convert.convert_module")
+        raise CheckpointError(
+            f"{path}: a TorchScript archive (torch.jit.save) cannot be converted; "
+            f"convert the eager model with mtkd.prune.convert.convert_module"
+        )
     if scan.container == "unknown" or scan.error:
         raise CheckpointError(f"{path}: not a PyTorch model file ({scan.error})")
 
@@ -288,15 +312,21 @@ def convert_file(
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{path}: cannot be loaded with weights_only=True: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"{path}: cannot be loaded with weights_only=True: {str(e).splitlines()[0]}"
+            ) from None
         if isinstance(obj, Mapping) and obj.get("format") == "mtkd-checkpoint":
             from mtkd.models import load_model
 
             model = load_model(path)
             if out.resolve() != path.resolve():
                 _copy_atomic(path, out)
-            return {"out": out, "kind": "mtkd", "params": sum(p.numel() for p in model.parameters()),
-                    "max_abs_diff": None}
+            return {
+                "out": out,
+                "kind": "mtkd",
+                "params": sum(p.numel() for p in model.parameters()),
+                "max_abs_diff": None,
+            }
         model = find_model(obj, path, base=base, arch=arch)
         res = convert_module(model, out, verify=verify, tol=tol, imgsz=imgsz, source=str(path))
         return {**res, "kind": "state_dict"}
@@ -316,14 +346,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="model file to convert")
     p.add_argument("--out", required=True, help="safe checkpoint to write")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow unpickling INPUT (runs code named in the file: only for files you trust)")
-    p.add_argument("--verify", action="store_true", help="compare outputs of the original and converted model")
-    p.add_argument("--tol", type=float, default=DEFAULT_TOL, help=f"max abs difference for --verify ({DEFAULT_TOL:g})")
-    p.add_argument("--base", default=None,
-                   help="safe checkpoint of the same (unpruned) architecture, for state_dict / tp.state_dict inputs")
-    p.add_argument("--arch", default=None,
-                   help="built-in model name (e.g. yolo_mt_n) the tp.state_dict file was pruned from (or --base)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling INPUT (runs code named in the file: only for files you trust)",
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="compare outputs of the original and converted model"
+    )
+    p.add_argument(
+        "--tol", type=float, default=DEFAULT_TOL, help=f"max abs difference for --verify ({DEFAULT_TOL:g})"
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        help="safe checkpoint of the same (unpruned) architecture, for state_dict / tp.state_dict inputs",
+    )
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="built-in model name (e.g. yolo_mt_n) the tp.state_dict file was pruned from (or --base)",
+    )
     p.add_argument("--imgsz", type=int, default=128, help="image size for --verify (default 128)")
     return p
 
@@ -334,16 +377,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.imgsz < 32 or args.imgsz % 32:
         raise ConfigError(f"--imgsz: expected a positive multiple of 32, got {args.imgsz}")
     try:
-        res = convert_file(args.input, args.out, trust_pickle=args.trust_pickle, verify=args.verify,
-                           tol=args.tol, base=args.base, arch=args.arch, imgsz=args.imgsz)
+        res = convert_file(
+            args.input,
+            args.out,
+            trust_pickle=args.trust_pickle,
+            verify=args.verify,
+            tol=args.tol,
+            base=args.base,
+            arch=args.arch,
+            imgsz=args.imgsz,
+        )
     except VerificationError as e:
         print(f"mtkd convert: verify FAILED: {e}")
         return 1
     if res["kind"] == "mtkd":
         print(f"{args.input} is already a safe mtkd checkpoint; copied to {res['out']}")
     else:
-        print(f"converted {args.input} -> {res['out']} ({res['params'] / 1e6:.3f}M params); "
-              f"reloads with weights_only=True")
+        print(
+            f"converted {args.input} -> {res['out']} ({res['params'] / 1e6:.3f}M params); "
+            f"reloads with weights_only=True"
+        )
     if res["max_abs_diff"] is not None:
         print(f"verify OK (tol {args.tol:g}): max abs diff {format_diffs(res['max_abs_diff'])}")
     return 0

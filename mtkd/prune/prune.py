@@ -254,8 +254,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--target-macs", help="prune until MACs at --imgsz <= this (e.g. 2.5e8 or 250M)")
     p.add_argument("--importance", choices=IMPORTANCES, default="magnitude", help="channel importance")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="global instead of uniform")
-    p.add_argument("--imgsz", type=int, default=None,
-                   help="image size for tracing and MACs (default: checkpoint config imgsz, else 640)")
+    p.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
+        help="image size for tracing and MACs (default: checkpoint config imgsz, else 640)",
+    )
     p.add_argument("--iterative-steps", type=int, default=1, help="reach --ratio in this many steps")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
     p.add_argument("--seed", type=int, default=0)
@@ -273,22 +277,48 @@ def main(argv: list[str] | None = None) -> int:
     target = _parse_count(args.target_macs) if args.target_macs is not None else None
     ckpt = load_checkpoint(args.weights)
     config = ckpt.get("config") or {}
-    imgsz = args.imgsz if args.imgsz is not None else (
-        int(config["imgsz"]) if isinstance(config.get("imgsz"), int) else 640)
+    imgsz = (
+        args.imgsz
+        if args.imgsz is not None
+        else (int(config["imgsz"]) if isinstance(config.get("imgsz"), int) else 640)
+    )
     model = load_model(ckpt)
     macs0, params0 = count_macs_params(model, imgsz)
-    prune_model(model, ratio=args.ratio, target_macs=target, importance=args.importance,
-                global_pruning=args.global_pruning, imgsz=imgsz, iterative_steps=args.iterative_steps,
-                round_to=args.round_to, seed=args.seed)
+    prune_model(
+        model,
+        ratio=args.ratio,
+        target_macs=target,
+        importance=args.importance,
+        global_pruning=args.global_pruning,
+        imgsz=imgsz,
+        iterative_steps=args.iterative_steps,
+        round_to=args.round_to,
+        seed=args.seed,
+    )
     macs1, params1 = count_macs_params(model, imgsz)
     record = {
-        "source": str(args.weights), "ratio": args.ratio, "target_macs": target, "importance": args.importance,
-        "global": args.global_pruning, "imgsz": imgsz, "iterative_steps": args.iterative_steps,
-        "params_before": params0, "params_after": params1, "macs_before": macs0, "macs_after": macs1,
+        "source": str(args.weights),
+        "ratio": args.ratio,
+        "target_macs": target,
+        "importance": args.importance,
+        "global": args.global_pruning,
+        "imgsz": imgsz,
+        "iterative_steps": args.iterative_steps,
+        "params_before": params0,
+        "params_after": params1,
+        "macs_before": macs0,
+        "macs_after": macs1,
     }
     metrics = {**(ckpt.get("metrics") or {}), "prune": record}
-    save_checkpoint({"model": model_state(model), "names": {"det": list(model.det_names),
-                     "seg": list(model.seg_names)}, "config": config, "metrics": metrics}, args.out)
+    save_checkpoint(
+        {
+            "model": model_state(model),
+            "names": {"det": list(model.det_names), "seg": list(model.seg_names)},
+            "config": config,
+            "metrics": metrics,
+        },
+        args.out,
+    )
     print(f"{'':8}{'params':>12}{f'MACs@{imgsz}':>14}")
     print(f"{'before':8}{_fmt(params0):>12}{_fmt(macs0):>14}")
     print(f"{'after':8}{_fmt(params1):>12}{_fmt(macs1):>14}")

@@ -63,7 +63,11 @@ def _weights_only_allowlist() -> set[str]:
 
         allowed |= set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
     except (ImportError, AttributeError):  # pragma: no cover - other torch versions
-        allowed |= {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter"}
+        allowed |= {
+            "collections.OrderedDict",
+            "torch._utils._rebuild_tensor_v2",
+            "torch._utils._rebuild_parameter",
+        }
     for g in torch.serialization.get_safe_globals():
         obj = g[0] if isinstance(g, tuple) else g
         allowed.add(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}")

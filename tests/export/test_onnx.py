@@ -56,7 +56,6 @@ def test_onnxruntime_matches_torch(tmp_path, head, pruned):
             np.testing.assert_allclose(got[name], ref[name].numpy(), atol=1e-4, rtol=0)
         assert got["seg"].shape == (batch, 4, IMGSZ, IMGSZ)
 
-
     card = json.loads((tmp_path / "m.onnx.json").read_text())
     assert [o["name"] for o in card["outputs"]] == expected
     assert card["det"]["kind"] == head and card["det"]["strides"] == [8, 16, 32]
@@ -83,7 +82,9 @@ def test_verify_reports_parity_latency_and_mismatch(tmp_path):
 
 def test_cli_export_with_verify(tmp_path, capsys):
     model = _model("anchor_free", True)
-    ckpt = save_checkpoint({"model": model_state(model), "names": {}, "config": {"imgsz": IMGSZ}}, tmp_path / "w.pt")
+    ckpt = save_checkpoint(
+        {"model": model_state(model), "names": {}, "config": {"imgsz": IMGSZ}}, tmp_path / "w.pt"
+    )
     out = tmp_path / "sub" / "model.onnx"
     assert main(["--weights", str(ckpt), "--out", str(out), "--verify", "--batch", "2", "--runs", "2"]) == 0
     text = capsys.readouterr().out

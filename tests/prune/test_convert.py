@@ -47,8 +47,14 @@ def _model(head: str = "anchor"):
 
 
 def _save(model, path) -> pathlib.Path:
-    return save_checkpoint({"model": model_state(model), "names": {"det": model.det_names,
-                            "seg": model.seg_names}, "config": {}}, path)
+    return save_checkpoint(
+        {
+            "model": model_state(model),
+            "names": {"det": model.det_names, "seg": model.seg_names},
+            "config": {},
+        },
+        path,
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,8 +106,20 @@ def test_pruned_pickled_model_converts_and_reloads_safely(tmp_path, capsys, head
     torch.save(model, tmp_path / "pruned.pt")  # what Torch-Pruning's README does
 
     out = tmp_path / "safe.pt"
-    assert main([str(tmp_path / "pruned.pt"), "--out", str(out), "--trust-pickle", "--verify",
-                 "--imgsz", str(IMGSZ)]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "pruned.pt"),
+                "--out",
+                str(out),
+                "--trust-pickle",
+                "--verify",
+                "--imgsz",
+                str(IMGSZ),
+            ]
+        )
+        == 0
+    )
     assert "verify OK" in capsys.readouterr().out
 
     ckpt = torch.load(out, weights_only=True)  # plain data: no pickled modules
@@ -131,8 +149,10 @@ def test_verify_failure_exits_1_and_removes_output(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(build, "load_model", perturbed)
     torch.save(_model(), tmp_path / "m.pt")
     out = tmp_path / "safe.pt"
-    assert main([str(tmp_path / "m.pt"), "--out", str(out), "--trust-pickle", "--verify",
-                 "--imgsz", str(IMGSZ)]) == 1
+    assert (
+        main([str(tmp_path / "m.pt"), "--out", str(out), "--trust-pickle", "--verify", "--imgsz", str(IMGSZ)])
+        == 1
+    )
     text = capsys.readouterr().out
     assert "verify FAILED" in text and "seg=0.001" in text
     assert not out.exists()
@@ -164,14 +184,28 @@ def test_torch_pruning_state_dict_applies_pruned_widths_to_base(tmp_path):
         convert_file(tmp_path / "tp.pt", tmp_path / "out.pt", base=base)
     with pytest.raises(ConfigError, match="--arch"):
         convert_file(tmp_path / "tp.pt", tmp_path / "out.pt", trust_pickle=True)
-    res = convert_file(tmp_path / "tp.pt", tmp_path / "out.pt", trust_pickle=True, base=base, verify=True,
-                       imgsz=IMGSZ)
+    res = convert_file(
+        tmp_path / "tp.pt", tmp_path / "out.pt", trust_pickle=True, base=base, verify=True, imgsz=IMGSZ
+    )
     rebuilt = load_model(res["out"])
     assert rebuilt.arch()["layers"] == pruned.arch()["layers"]
     assert max(compare_models(pruned, rebuilt, imgsz=IMGSZ).values()) <= 1e-5
     # the model name is enough: class names and widths come from the file
-    assert main([str(tmp_path / "tp.pt"), "--out", str(tmp_path / "out2.pt"), "--trust-pickle",
-                 "--arch", "yolo_mt_n", "--imgsz", str(IMGSZ)]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "tp.pt"),
+                "--out",
+                str(tmp_path / "out2.pt"),
+                "--trust-pickle",
+                "--arch",
+                "yolo_mt_n",
+                "--imgsz",
+                str(IMGSZ),
+            ]
+        )
+        == 0
+    )
     rebuilt2 = load_model(tmp_path / "out2.pt")
     assert rebuilt2.arch() == pruned.arch()
     assert max(compare_models(pruned, rebuilt2, imgsz=IMGSZ).values()) <= 1e-5

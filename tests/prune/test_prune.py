@@ -39,7 +39,9 @@ def _out_widths(model) -> list[int]:
 @pytest.mark.parametrize("head", ["anchor", "anchor_free"])
 def test_cli_ratio_half_prunes_channels_and_writes_safe_checkpoint(tmp_path, capsys, head):
     model = _model(head)
-    src = save_checkpoint({"model": model_state(model), "names": {}, "config": {"imgsz": IMGSZ}}, tmp_path / "w.pt")
+    src = save_checkpoint(
+        {"model": model_state(model), "names": {}, "config": {"imgsz": IMGSZ}}, tmp_path / "w.pt"
+    )
     macs0, params0 = count_macs_params(model, IMGSZ)
     out = tmp_path / "pruned.pt"
     assert main(["--weights", str(src), "--ratio", "0.5", "--out", str(out)]) == 0  # imgsz from the config
@@ -90,7 +92,9 @@ def test_bad_ratio_is_refused(tmp_path, capsys, ratio):
     src = save_checkpoint({"model": model_state(_model()), "names": {}, "config": {}}, tmp_path / "w.pt")
     with pytest.raises(ConfigError, match=r"--ratio: expected a channel pruning ratio in \(0, 1\)"):
         main(["--weights", str(src), "--ratio", ratio, "--out", str(tmp_path / "p.pt")])
-    assert run_command("prune", ["--weights", str(src), "--ratio", ratio, "--out", str(tmp_path / "p.pt")]) == 2
+    assert (
+        run_command("prune", ["--weights", str(src), "--ratio", ratio, "--out", str(tmp_path / "p.pt")]) == 2
+    )
     assert "(0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "p.pt").exists()
     with pytest.raises(ConfigError, match="exactly one"):
@@ -104,8 +108,14 @@ class _Toy(MultiTaskAdapter):
 
     def __init__(self) -> None:
         super().__init__(det_names=["a", "b"], seg_names=["bg", "fg"])
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
-                                  nn.BatchNorm2d(32), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+        )
         self.det_out = nn.Conv2d(32, 3 * 7, 1)
         self.seg_mid = nn.Conv2d(32, 16, 3, 1, 1)
         self.seg_out = nn.Conv2d(16, 2, 1)
@@ -117,14 +127,24 @@ class _Toy(MultiTaskAdapter):
         raw = [d.view(b, 3, 7, h, w).permute(0, 1, 3, 4, 2).contiguous()]
         flat = raw[0].flatten(1, 3)
         seg = nn.functional.interpolate(self.seg_out(torch.relu(self.seg_mid(f))), size=images.shape[-2:])
-        det = DetOutput(raw=raw, box=flat[..., :4], obj=flat[..., 4], cls=flat[..., 5:], kind="anchor",
-                        strides=(4,), anchors=torch.ones(1, 3, 2))
+        det = DetOutput(
+            raw=raw,
+            box=flat[..., :4],
+            obj=flat[..., 4],
+            cls=flat[..., 5:],
+            kind="anchor",
+            strides=(4,),
+            anchors=torch.ones(1, 3, 2),
+        )
         return MultiTaskOutput(seg=seg, det=det)
 
 
 def test_generic_output_layer_rule_and_pruning_of_foreign_adapter():
     toy = _Toy()
-    assert {id(m) for m in output_layers(toy, torch.rand(1, 3, IMGSZ, IMGSZ))} == {id(toy.det_out), id(toy.seg_out)}
+    assert {id(m) for m in output_layers(toy, torch.rand(1, 3, IMGSZ, IMGSZ))} == {
+        id(toy.det_out),
+        id(toy.seg_out),
+    }
     prune_model(toy, ratio=0.5, imgsz=IMGSZ)
     assert toy.det_out.out_channels == 21 and toy.seg_out.out_channels == 2
     assert toy.body[0].out_channels == 8 and toy.seg_mid.out_channels == 8
@@ -132,5 +152,7 @@ def test_generic_output_layer_rule_and_pruning_of_foreign_adapter():
 
 def test_unprunable_ultralytics_c2f_gives_one_line_error():
     model = build_model({"adapter": "ultralytics", "model": "yolov8n.yaml"}, nc_det=2, nc_seg=0)
-    with pytest.raises(ConfigError, match="C2f"):  # Torch-Pruning's IndexError on chunk-split blocks (NOTES.md)
+    with pytest.raises(
+        ConfigError, match="C2f"
+    ):  # Torch-Pruning's IndexError on chunk-split blocks (NOTES.md)
         prune_model(model, ratio=0.3, imgsz=IMGSZ)
