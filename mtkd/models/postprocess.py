@@ -54,7 +54,7 @@ def decode_anchor_free(raw: dict, strides: Sequence[int], reg_max: int) -> tuple
     if reg_max > 1:
         proj = torch.arange(reg_max, device=dist.device, dtype=dist.dtype)
         dist = (dist.view(b, 4, reg_max, a).softmax(2) * proj.view(1, 1, -1, 1)).sum(2)
-    points, stride_t = make_anchors(raw["feats"], torch.tensor(strides, dtype=dist.dtype), 0.5)
+    points, stride_t = make_anchors(raw["feats"], [float(s) for s in strides], 0.5)
     boxes = dist2bbox(dist, points.transpose(0, 1).unsqueeze(0), xywh=False, dim=1) * stride_t.transpose(0, 1)
     return boxes.transpose(1, 2), logits.sigmoid().transpose(1, 2)
 

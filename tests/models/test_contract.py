@@ -55,23 +55,19 @@ def check_backward(model: MultiTaskAdapter) -> None:
             assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
 
+SCALES = ("n", "s", "m")
+
+
 @pytest.mark.parametrize("head", HEADS)
-def test_contract_n(head):
+@pytest.mark.parametrize("scale", SCALES)
+def test_contract(scale, head):
     torch.manual_seed(0)
-    model = build_model("yolo_mt_n", nc_det=NC_DET, nc_seg=NC_SEG, head=head)
+    model = build_model(f"yolo_mt_{scale}", nc_det=NC_DET, nc_seg=NC_SEG, head=head)
     x = torch.rand(2, 3, SIZE, SIZE)
     check_output(model, model.train()(x), 2)
     with torch.no_grad():
         check_output(model, model.eval()(x), 2)  # eval mode also returns RAW det outputs
     check_backward(model)
-
-
-@pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("scale", ["s", "m"])
-def test_contract_shapes_s_m(scale, head):
-    model = build_model(f"yolo_mt_{scale}", nc_det=NC_DET, nc_seg=NC_SEG, head=head).eval()
-    with torch.no_grad():
-        check_output(model, model(torch.rand(1, 3, SIZE, SIZE)), 1)
 
 
 def test_scale_sizes():
@@ -83,8 +79,9 @@ def test_scale_sizes():
 
 
 @pytest.mark.parametrize("head", HEADS)
-def test_contract_pruned_n(head, pruned_factory):
-    n0, model = pruned_factory("n", head)
+@pytest.mark.parametrize("scale", SCALES)
+def test_contract_pruned(scale, head, pruned_factory):
+    n0, model = pruned_factory(scale, head)
     assert sum(p.numel() for p in model.parameters()) < 0.5 * n0
     with torch.no_grad():
         check_output(model, model.eval()(torch.rand(2, 3, SIZE, SIZE)), 2)
@@ -100,3 +97,14 @@ def test_bias_priors():
     assert torch.allclose(b[:, 4], torch.full((3,), math.log(8 / (640 / 8) ** 2)))
     m = build_model("yolo_mt_n", nc_det=NC_DET, nc_seg=NC_SEG, head="anchor_free")
     assert torch.allclose(m.det.cv3[0][-1].bias, torch.full((NC_DET,), math.log(5 / NC_DET / (640 / 8) ** 2)))
+
+
+def test_anchor_free_small_box_prior():
+    """Initial DFL distances are ~1.5 cells per side (small objects on small inputs), not Ultralytics' 7.5."""
+    m = build_model("yolo_mt_n", nc_det=NC_DET, nc_seg=NC_SEG, head="anchor_free")
+    p = m.det.cv2[0][-1].bias.view(4, 16).softmax(1)
+    expected = (p * torch.arange(16.0)).sum(1)
+    r = math.exp(-0.5)
+    assert torch.allclose(
+        expected, torch.full((4,), r / (1 - r)), atol=0.01
+    )  # geometric mean, truncated at 16

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mtkd.errors import ConfigError
-from mtkd.models.yolo_mt import HEAD_KINDS, SCALES, YoloMT, default_layers
+from mtkd.models.yolo_mt import HEAD_KINDS, SCALES, STRIDES, YoloMT, default_layers
 
 CONFIG_KEYS = ("adapter", "name", "scale", "head", "anchors", "reg_max")
 NAME_PREFIX = "yolo_mt_"
@@ -97,6 +97,10 @@ def from_arch(arch: dict[str, Any]) -> YoloMT:
         if arch.get("family", "yolo_mt") != "yolo_mt":
             raise _fail(f"arch 'family' must be 'yolo_mt' for adapter 'native', got {arch.get('family')!r}")
         _check_names(arch["det_names"], arch["seg_names"])
+        if list(arch.get("strides", STRIDES)) != list(STRIDES):
+            raise _fail(
+                f"native arch 'strides' must be {list(STRIDES)} (fixed topology), got {arch['strides']}"
+            )
         return YoloMT(
             layers=arch["layers"],
             head=arch["head"],
