@@ -75,27 +75,41 @@ class RawSample:
     path: Path
 
 
+def _pil_open(path: Path):
+    """``PIL.Image.open`` without Ultralytics' process-wide patch: once Ultralytics is imported, its patched
+    ``Image.open`` answers an unidentifiable file by trying to load (or install) the ``pi-heif`` plugin."""
+    import sys
+
+    from PIL import Image
+
+    open_ = Image.open
+    module = getattr(open_, "__module__", "") or ""
+    if module.startswith("ultralytics"):
+        open_ = getattr(sys.modules.get(module), "_image_open", open_)
+    return open_(path)
+
+
 def read_image(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
     """Decode an image file to uint8 ``[H, W, 3]`` RGB; ``(None, [problem])`` when missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not path.is_file():
         return None, [Problem(path, "image file is missing")]
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             return np.asarray(im.convert("RGB")), []
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as e:
         return None, [Problem(path, f"image is unreadable ({type(e).__name__}: {e})")]
 
 
 def read_mask(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
     """Decode a single-channel (PIL mode ``L`` or ``P``) PNG to uint8 ``[H, W]`` class ids."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not path.is_file():
         return None, [Problem(path, "mask file is missing")]
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             if im.mode not in ("L", "P"):
                 return None, [
                     Problem(
@@ -105,7 +119,7 @@ def read_mask(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
                     )
                 ]
             return np.asarray(im), []
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as e:
         return None, [Problem(path, f"mask is unreadable ({type(e).__name__}: {e})")]
 
 
