@@ -1,0 +1,50 @@
+"""End-to-end smoke tests of ``mtkd demo`` and ``mtkd benchmark`` on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_tiny_end_to_end(tmp_path, capsys):
+    from mtkd.demo import MODELS, main
+
+    out = tmp_path / "demo"
+    rc = main(["--out", str(out), "--data-dir", str(tmp_path / "shapes"), "--n-train", "16", "--n-val", "8",
+               "--imgsz", "64", "--teacher-epochs", "1", "--student-epochs", "1", "--workers", "0",
+               "--configs", str(REPO / "configs")])
+    assert rc == 0
+    for name in MODELS:
+        m = json.loads((out / "metrics" / f"{name}.json").read_text())
+        assert 0.0 <= m["det"]["mAP50"] <= 1.0 and 0.0 <= m["seg"]["mIoU"] <= 1.0
+        assert m["model"]["params"] > 0
+    pruned = json.loads((out / "metrics" / "pruned.json").read_text())["model"]["params"]
+    teacher = json.loads((out / "metrics" / "teacher.json").read_text())["model"]["params"]
+    assert 0.3 < pruned / teacher < 0.7  # "about half its parameters"
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "distilled" in html
+    text = capsys.readouterr().out
+    assert "distilled" in text and "fine-tuned" in text
+
+
+@pytest.mark.slow
+def test_benchmark_writes_ratios(tmp_path):
+    from mtkd.engine.benchmark import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["--config", str(REPO / "configs" / "shapes_distill.yaml"), "--out", str(out), "--steps", "2",
+               "--warmup", "1", "--batches", "2", "--teacher-model", "yolo_mt_n",
+               f"data={tmp_path / 'missing.yaml'}", "imgsz=64", "batch=4", "workers=0"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    ms = res["ms"]
+    assert min(ms.values()) > 0
+    assert res["kd_overhead_ratio"] == pytest.approx(ms["kd_step"] / (ms["student_step"] + ms["teacher_forward"]),
+                                                     rel=1e-3)
+    assert res["kd_vs_student"] == pytest.approx(ms["kd_step"] / ms["student_step"], rel=1e-3)
+    assert res["dataloader_images_per_s"] > 0 and res["eval_images_per_s"] > 0
