@@ -6,9 +6,10 @@ Each ``size x size`` image has:
   looks like the objects' colours and edges without being an object;
 - a "road" (a stuff class, seg only, no boxes) in about 70% of images: a perspective band from the bottom edge
   to a vanishing point, asphalt-textured, with dashed lane markings (still road);
-- 0-8 objects of 4 det classes (ellipse, rectangle, triangle, star) of log-uniform size from ~6 px to ~45% of
-  the image, varied aspect and rotation, solid / gradient / striped fill, a quarter of them coloured close to
-  what lies beneath them. Later objects occlude earlier ones and objects may leave the image.
+- 0-6 objects of 4 det classes (ellipse, rectangle, triangle, star) of log-uniform size from ~7 px to ~50% of
+  the image, varied aspect and rotation, solid / gradient / striped fill; 60% take a colour near their class's
+  hue (a useful but unreliable cue), 25% any colour (only the shape tells), 15% a colour close to what lies
+  beneath them. Later objects occlude earlier ones and objects may leave the image.
 
 Every object's box is the box of its *visible* mask pixels (``x2 = last column + 1``), so boxes and masks agree
 exactly; an object with fewer than ``12 * (size/128)^2`` visible pixels or less than 30% of its in-image area
@@ -176,15 +177,32 @@ def _road(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
     return road
 
 
+#: typical hue of each det class (HSV hue in [0, 1)); most objects of a class have a hue near it, so colour is
+#: a useful but unreliable cue and shape has to settle the rest
+CLASS_HUES = (0.0, 0.33, 0.6, 0.15)
+
+
+def _class_colour(rng: np.random.Generator, cls: int) -> np.ndarray:
+    """An RGB colour (float ``[3]``, 0-255) with a hue near the class hue, random saturation and value."""
+    import colorsys
+
+    h = (CLASS_HUES[cls] + rng.normal(0, 0.06)) % 1.0
+    return np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))) * 255
+
+
 def _paint_object(
-    rng: np.random.Generator, img: np.ndarray, pix: np.ndarray, xx: np.ndarray, yy: np.ndarray
+    rng: np.random.Generator, img: np.ndarray, pix: np.ndarray, xx: np.ndarray, yy: np.ndarray, cls: int
 ) -> None:
-    """Fill the object's pixels ``pix`` (bool) with a solid, gradient or striped colour, sometimes camouflaged."""
+    """Fill the object's pixels ``pix`` (bool) with a solid, gradient or striped colour: usually near its class
+    hue, sometimes any colour, sometimes camouflaged (close to what lies beneath it)."""
     under = img[pix].mean(0)
-    if rng.random() < 0.25:  # close to what is beneath it: hard
-        colour = under + rng.choice([-1.0, 1.0], 3) * rng.uniform(20, 45, 3)
-    else:
+    u = rng.random()
+    if u < 0.15:  # close to what is beneath it: hard
+        colour = under + rng.choice([-1.0, 1.0], 3) * rng.uniform(30, 60, 3)
+    elif u < 0.4:  # any colour: only the shape tells the class
         colour = rng.uniform(0, 255, 3)
+    else:
+        colour = _class_colour(rng, cls)
     style = rng.random()
     if style < 0.6:
         img[pix] = colour
@@ -210,8 +228,8 @@ def render(
     if rng.random() < 0.7:
         mask[_road(rng, img, size)] = ROAD
 
-    n = 0 if rng.random() < 0.05 else int(rng.integers(1, 9))
-    min_d, max_d = max(6.0, 0.047 * size), 0.45 * size
+    n = 0 if rng.random() < 0.05 else int(rng.integers(1, 7))
+    min_d, max_d = max(7.0, 0.06 * size), 0.5 * size
     objects = []
     for _ in range(n):
         cls = int(rng.integers(0, len(DET_NAMES)))
@@ -232,7 +250,7 @@ def render(
     boxes = []
     for i in keep:
         pix = inst == i
-        _paint_object(rng, img, pix, xx, yy)
+        _paint_object(rng, img, pix, xx, yy, objects[i][0])
         mask[pix] = 2 + objects[i][0]
         ys, xs = np.nonzero(pix)
         boxes.append((objects[i][0], np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])))
