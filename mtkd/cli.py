@@ -56,10 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name = argv[0].replace("-", "_")
     if name not in COMMANDS:
-        import difflib
+        from mtkd.utils.suggest import did_you_mean
 
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, COMMANDS)
         print(f"mtkd: unknown command '{argv[0]}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     return run_command(name, argv[1:])

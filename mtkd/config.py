@@ -17,7 +17,6 @@ suggestion, a bad value names the key, the value and the allowed type/range. Dis
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
@@ -31,6 +30,7 @@ import yaml
 
 from mtkd.errors import ConfigError
 from mtkd.losses.schedules import Schedule
+from mtkd.utils.suggest import did_you_mean
 
 Schedulable = float | dict  # a number or a schedule mapping {kind, start, end} (mtkd.losses.schedules)
 
@@ -177,8 +177,7 @@ def _plain(x: Any) -> Any:
 
 
 def _did_you_mean(key: str, choices: Sequence[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return did_you_mean(key, choices, prefix=prefix)
 
 
 def _fmt_range(r: tuple) -> str:

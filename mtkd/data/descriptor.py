@@ -21,13 +21,13 @@ Every problem raises ``DatasetError`` naming the YAML file and the field; ``tool
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtkd.errors import DatasetError
+from mtkd.utils.suggest import did_you_mean
 
 FORMATS = ("yolo_mask", "coco")
 SPLITS = ("train", "val", "test")
@@ -163,8 +163,7 @@ def load_data_yaml(path: str | Path, *, check_paths: bool = True) -> DataSpec:
         )
     for key in raw:
         if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known fields: {', '.join(KEYS)})"
+            hint = did_you_mean(key, KEYS) or f" (known fields: {', '.join(KEYS)})"
             raise _fail(yaml_path, key, f"unknown field{hint}")
     for key in ("format", "det_names", "seg_names"):
         if key not in raw:
@@ -172,8 +171,7 @@ def load_data_yaml(path: str | Path, *, check_paths: bool = True) -> DataSpec:
 
     fmt = raw["format"]
     if fmt not in FORMATS:
-        close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(fmt, FORMATS)
         raise _fail(yaml_path, "format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}{hint}")
     root_value = raw.get("path", ".")
     if not isinstance(root_value, str) or not root_value:

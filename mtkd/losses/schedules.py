@@ -13,13 +13,13 @@ A config value is either a number (constant) or a mapping ``{"kind": ..., "start
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mtkd.errors import ConfigError
+from mtkd.utils.suggest import did_you_mean as _did_you_mean
 
 KINDS = ("constant", "linear", "cosine")
 _DICT_KEYS = ("kind", "start", "end")
@@ -27,8 +27,7 @@ _DICT_KEYS = ("kind", "start", "end")
 
 def did_you_mean(value: str, choices: tuple[str, ...] | list[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close."""
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return _did_you_mean(value, choices, cutoff=0.5)
 
 
 @dataclass(frozen=True)

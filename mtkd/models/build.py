@@ -7,7 +7,6 @@ det_names, seg_names)`` / ``from_arch(arch)`` in ``mtkd.models.adapters.<name>``
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +17,7 @@ from torch import nn
 
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models.adapters.base import MultiTaskAdapter
+from mtkd.utils.suggest import did_you_mean as _did_you_mean
 
 ADAPTERS: dict[str, str] = {
     "native": "mtkd.models.adapters.native",
@@ -29,9 +29,8 @@ ADAPTERS: dict[str, str] = {
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    return _did_you_mean(name, choices)
 
 
 def _adapter_module(name: Any, where: str):

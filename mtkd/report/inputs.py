@@ -96,6 +96,16 @@ def _metrics_from_checkpoint(path: Path) -> dict[str, Any]:
     return {**m, "model": model}
 
 
+def _run_dir_of(metrics: dict[str, Any]) -> Path | None:
+    """The training run a metrics JSON's weights come from (``{run}/weights/*.pt`` next to ``results.csv``),
+    so its training curves can be shown; ``None`` when the weights are not from a run."""
+    weights = (metrics.get("model") or {}).get("weights")
+    if not weights:
+        return None
+    run = Path(str(weights)).parent.parent
+    return run if Path(str(weights)).parent.name == "weights" and (run / "results.csv").is_file() else None
+
+
 def load_entry(path: str | Path) -> ReportEntry:
     """Read one input; raises ``ConfigError`` naming the path when it is neither a metrics JSON nor a run."""
     p = Path(path)
@@ -104,7 +114,9 @@ def load_entry(path: str | Path) -> ReportEntry:
             raise ConfigError(f"{p}: expected a metrics JSON (mtkd eval --out) or a run directory")
         metrics = read_json(p)
         name = str((metrics.get("model") or {}).get("name") or p.stem)
-        return ReportEntry(name, p, metrics, samples_dir=_samples_from_metrics(metrics, p.parent))
+        run = _run_dir_of(metrics)
+        curves = read_results_csv(run / "results.csv") if run is not None else {}
+        return ReportEntry(name, p, metrics, curves, samples_dir=_samples_from_metrics(metrics, p.parent))
     if not p.is_dir():
         raise ConfigError(f"{p}: no such file or directory")
     config = _read_yaml(p / "config.yaml") if (p / "config.yaml").is_file() else {}

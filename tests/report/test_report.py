@@ -124,3 +124,19 @@ def test_single_run_directory_and_errors(inputs, tmp_path):
     empty.mkdir()
     with pytest.raises(ConfigError, match="results.csv or metrics.json"):
         main([str(empty), "--out", str(out)])
+
+
+def test_metrics_json_of_a_run_brings_its_training_curves(tmp_path):
+    from mtkd.report.inputs import load_entry
+
+    run = tmp_path / "runs" / "distilled"
+    (run / "weights").mkdir(parents=True)
+    (run / "results.csv").write_text("epoch,loss,seg_kd\n1,2.0,0.5\n2,1.5,0.25\n")
+    m = metrics("distilled", 0.1, 0.2, 0.5, 10.0, 1000, 2000, 1.0)
+    m["model"]["weights"] = str(run / "weights" / "best.pt")
+    (tmp_path / "distilled.json").write_text(json.dumps(m))
+    entry = load_entry(tmp_path / "distilled.json")
+    assert entry.curves["seg_kd"] == [0.5, 0.25]
+    m["model"]["weights"] = str(tmp_path / "pruned.pt")  # not from a run: no curves
+    (tmp_path / "pruned.json").write_text(json.dumps(m))
+    assert load_entry(tmp_path / "pruned.json").curves == {}

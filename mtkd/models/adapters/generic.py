@@ -31,7 +31,6 @@ Seg logits are returned at input resolution (bilinear upsampling when the module
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.features import FeatureTaps
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
+from mtkd.utils.suggest import did_you_mean
 
 SEG_ACTIVATIONS = ("logits", "sigmoid", "softmax")
 DET_KINDS = ("anchor", "anchor_free")
@@ -213,8 +213,7 @@ def check_keys(config: Mapping[str, Any], allowed: Sequence[str], where: str) ->
     """Strict config: unknown keys raise ``ConfigError`` with a did-you-mean suggestion."""
     for key in config:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; allowed: {', '.join(allowed)}"
+            hint = did_you_mean(key, allowed) or f"; allowed: {', '.join(allowed)}"
             raise ConfigError(f"{where}: unknown field {key!r}{hint}")
 
 
