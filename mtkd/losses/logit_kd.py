@@ -54,16 +54,20 @@ def seg_kl(s: Tensor, t: Tensor, *, temperature: float = 1.0, ignore_mask: Tenso
     if s.dim() != 4:
         raise CompatibilityError(f"seg logits must be [B, C, h, w], got student seg {tuple(s.shape)}")
     s = s.float()
-    t = resize_like(t.detach().float(), tuple(s.shape[-2:]))
-    log_ps = F.log_softmax(s / temperature, dim=1)
-    log_pt = F.log_softmax(t / temperature, dim=1)
-    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(dim=1)  # [B, h, w]
-    if ignore_mask is not None:
-        keep = ~_resize_mask(ignore_mask, tuple(s.shape[-2:]), batch=s.shape[0])
-        if not bool(keep.any()):
-            return s.sum() * 0.0
-        kl = kl[keep]
-    return kl.mean() * temperature**2
+    with torch.no_grad():  # teacher side once, without autograd: KL = sum p_t log p_t - sum p_t log p_s
+        t = resize_like(t.detach().float(), tuple(s.shape[-2:]))
+        log_pt = F.log_softmax(t / temperature, dim=1)
+        pt = log_pt.exp()
+        neg_entropy = (pt * log_pt).sum(dim=1)  # [B, h, w]
+        keep = None
+        if ignore_mask is not None:
+            keep = (~_resize_mask(ignore_mask, tuple(s.shape[-2:]), batch=s.shape[0])).float()
+            n_keep = keep.sum()
+    if keep is not None and not bool(n_keep > 0):
+        return s.sum() * 0.0  # every pixel ignored: 0, still connected to s
+    kl = neg_entropy - (pt * F.log_softmax(s / temperature, dim=1)).sum(dim=1)  # [B, h, w]
+    mean = kl.mean() if keep is None else (kl * keep).sum() / n_keep  # masked mean without boolean indexing
+    return mean * temperature**2
 
 
 def _resize_mask(mask: Tensor, size: tuple[int, int], *, batch: int) -> Tensor:
