@@ -44,6 +44,20 @@ class DetOutput:
     anchors: Tensor | None = None
     reg_max: int | None = None
 
+    @classmethod
+    def from_anchor_levels(cls, levels: list[Tensor], *, strides: tuple[int, ...], anchors: Tensor) -> DetOutput:
+        """Anchor (YOLOv5/YOLOP) head: per level ``[B, na, H_l, W_l, 5 + nc]`` → flat view in level, anchor, y, x
+        order; ``anchors [nl, na, 2]`` pixels."""
+        flat = torch.cat([t.flatten(1, 3) for t in levels], dim=1)  # [B, A, 5 + nc]
+        return cls(raw=levels, box=flat[..., :4], obj=flat[..., 4], cls=flat[..., 5:], kind="anchor",
+                   strides=tuple(strides), anchors=anchors)  # fmt: skip
+
+    @classmethod
+    def from_anchor_free(cls, raw: dict[str, Any], *, strides: tuple[int, ...], reg_max: int) -> DetOutput:
+        """Anchor-free (Ultralytics DFL) head: ``{"boxes": [B, 4*reg_max, A], "scores": [B, nc, A], "feats"}``."""
+        return cls(raw=raw, box=raw["boxes"].transpose(1, 2), obj=None, cls=raw["scores"].transpose(1, 2),
+                   kind="anchor_free", strides=tuple(strides), reg_max=int(reg_max))  # fmt: skip
+
     @property
     def num_classes(self) -> int:
         return int(self.cls.shape[-1])

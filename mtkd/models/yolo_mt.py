@@ -225,25 +225,8 @@ class YoloMT(MultiTaskAdapter):
 
     def _det_output(self, raw: Any) -> DetOutput:
         if self.head_kind == "anchor":
-            flat = torch.cat([r.flatten(1, 3) for r in raw], 1)  # [B, A, 5 + nc], level/anchor/y/x order
-            return DetOutput(
-                raw=raw,
-                box=flat[..., :4],
-                obj=flat[..., 4],
-                cls=flat[..., 5:],
-                kind="anchor",
-                strides=STRIDES,
-                anchors=self.det.anchors,
-            )
-        return DetOutput(
-            raw=raw,
-            box=raw["boxes"].transpose(1, 2),
-            obj=None,
-            cls=raw["scores"].transpose(1, 2),
-            kind="anchor_free",
-            strides=STRIDES,
-            reg_max=int(self.det.reg_max),
-        )
+            return DetOutput.from_anchor_levels(raw, strides=STRIDES, anchors=self.det.anchors)
+        return DetOutput.from_anchor_free(raw, strides=STRIDES, reg_max=self.det.reg_max)
 
     def det_spec(self) -> DetSpec:
         if self.head_kind == "anchor":

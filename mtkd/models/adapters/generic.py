@@ -312,10 +312,7 @@ def anchor_det_output(raw: Any, *, strides: Sequence[int], anchors: Tensor, nc: 
                 f"or [B, na * (5 + nc_det)={na * no}, H, W] (check 'anchors' and det_names)"
             )
         levels.append(t)
-    b = levels[0].shape[0]
-    flat = torch.cat([t.reshape(b, -1, no) for t in levels], dim=1)
-    return DetOutput(raw=levels, box=flat[..., :4], obj=flat[..., 4], cls=flat[..., 5:], kind="anchor",
-                     strides=tuple(strides), anchors=anchors)  # fmt: skip
+    return DetOutput.from_anchor_levels(levels, strides=tuple(strides), anchors=anchors)
 
 
 def anchor_free_det_output(
@@ -350,8 +347,7 @@ def anchor_free_det_output(
         raise ConfigError(
             f"{where}: 'feats' ({len(feats)} levels) does not add up to A={boxes.shape[-1]} positions"
         )
-    return DetOutput(raw=dict(raw), box=boxes.transpose(1, 2), obj=None, cls=scores.transpose(1, 2),
-                     kind="anchor_free", strides=tuple(strides), reg_max=reg_max)  # fmt: skip
+    return DetOutput.from_anchor_free(dict(raw), strides=tuple(strides), reg_max=reg_max)
 
 
 def _describe(x: Any) -> str:
