@@ -21,3 +21,9 @@ class CheckpointError(MtkdError, ValueError):
 
 class CompatibilityError(MtkdError, ValueError):
     """A teacher/student pair cannot be distilled. The message names the mismatch."""
+
+
+class OutputError(MtkdError, OSError):
+    """An output file or folder cannot be written (permission, disk full, a folder where a file was expected).
+
+    The message names the path; nothing the user had at that path is lost."""

@@ -17,7 +17,7 @@ lists and dicts only. Layout::
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,61 +25,82 @@ import torch
 
 from mtkd import __version__
 from mtkd.errors import CheckpointError
+from mtkd.utils.atomic import atomic_write
 
 FORMAT = "mtkd-checkpoint"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``ckpt`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
+    """Write ``ckpt`` to ``path`` atomically (``mtkd.utils.atomic.atomic_write``: temp file, fsync, ``os.replace``).
 
-    A crash or Ctrl-C during the write leaves the previous file at ``path`` intact.
+    A crash, a full disk or Ctrl-C during the write leaves the previous file at ``path`` intact; file-system errors
+    raise a one-line ``OutputError`` naming ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"format": FORMAT, "mtkd_version": __version__, **ckpt}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path, "wb", what="checkpoint") as f:
+        torch.save(ckpt, f)
+    return Path(path)
+
+
+def _version_tuple(v: str) -> tuple[int, ...] | None:
+    """``"1.2.3rc1"`` → ``(1, 2, 3)``; ``None`` when ``v`` does not start with a dotted number."""
+    m = re.match(r"(\d+(?:\.\d+)*)", v)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, in one line: a pickled model (convert it with
+    ``--trust-pickle``) or a file that is not a readable checkpoint at all (say so; no pickle advice)."""
+    from mtkd.utils.sniff import scan_file
+
+    scan = scan_file(path)
+    if scan.container == "torchscript":
+        return CheckpointError(f"{path}: a TorchScript archive (torch.jit.save), not an mtkd checkpoint; mtkd "
+                               f"cannot rebuild a model from it")
+    if scan.container in ("zip", "pickle") and scan.error is None and scan.unsafe_globals:
+        what = scan.example_class() or scan.unsafe_globals[0]
+        return CheckpointError(
+            f"{path}: a pickled model or object (it would import {what}), which weights_only=True refuses because "
+            f"unpickling runs code; if you trust this file, convert it: mtkd convert {path} --out safe.pt "
+            f"--trust-pickle"
+        )
+    reason = scan.error or (str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__)
+    return CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated or not a PyTorch file: {reason})")
+
+
+def _check_version(path: Path, ckpt: dict[str, Any]) -> None:
+    ver = ckpt.get("mtkd_version")
+    if ver is None:
+        return
+    have = _version_tuple(ver) if isinstance(ver, str) else None
+    if have is None:
+        raise CheckpointError(f"{path}: field 'mtkd_version' = {ver!r}; expected a version string like '0.1.0'")
+    if have > (_version_tuple(__version__) or ()):
+        raise CheckpointError(
+            f"{path}: written by mtkd {ver}, newer than this mtkd {__version__}; its format may hold fields this "
+            f"version would silently drop: upgrade mtkd to load it"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load an mtkd checkpoint with ``weights_only=True`` (never unpickles code).
 
-    Raises ``CheckpointError`` naming the file when it is missing, not loadable safely (e.g. a pickled module:
-    use ``tools/convert.py --trust-pickle``), or not an mtkd checkpoint.
+    Raises ``CheckpointError`` naming the file when it is missing, a pickled model (use ``mtkd convert
+    --trust-pickle``), corrupt or not a PyTorch file, not an mtkd checkpoint, or written by a newer mtkd.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError / RuntimeError with long messages
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: cannot be loaded safely (weights_only=True): {first}. If this is a pickled model "
-            f"(torch.save(model)) or an Ultralytics/Torch-Pruning file, convert it first: "
-            f"mtkd convert {path} --out safe.pt --trust-pickle"
-        ) from None
+    except Exception as e:  # torch raises UnpicklingError / RuntimeError / EOFError / KeyError with long messages
+        raise _unreadable(path, e) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not an mtkd checkpoint (expected a dict with format={FORMAT!r}); "
             f"convert it with: mtkd convert {path} --out safe.pt"
         )
+    _check_version(path, ckpt)
     model = ckpt.get("model")
     if not isinstance(model, dict) or "arch" not in model or "state_dict" not in model:
         raise CheckpointError(f"{path}: field 'model' must be a dict with 'arch' and 'state_dict'")

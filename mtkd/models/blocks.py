@@ -15,7 +15,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from ultralytics.nn.modules import Conv
+
+from mtkd.utils.env import quiet_ultralytics
+
+with quiet_ultralytics():  # no settings banner when Ultralytics is first imported
+    from ultralytics.nn.modules import Conv
 
 
 def conv_width(m: Conv) -> int:

@@ -17,6 +17,7 @@ from torch import nn
 
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models.adapters.base import MultiTaskAdapter
+from mtkd.models.trust import TrustCode
 from mtkd.utils.suggest import did_you_mean as _did_you_mean
 
 ADAPTERS: dict[str, str] = {
@@ -101,11 +102,19 @@ def build_model(
     return module.build(config, len(det), len(seg), det, seg)
 
 
-def build_from_arch(arch: Mapping[str, Any]) -> MultiTaskAdapter:
-    """Rebuild an architecture (pruned widths included) from ``model.arch()``; weights are random until loaded."""
+def build_from_arch(
+    arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch"
+) -> MultiTaskAdapter:
+    """Rebuild an architecture (pruned widths included) from ``model.arch()``; weights are random until loaded.
+
+    ``arch`` is data from a file: nothing it names is imported or evaluated unless ``trust_code`` allows that
+    import path (``mtkd.models.trust``; only the ``generic`` adapter names code). ``where`` (the file) prefixes
+    the ``CheckpointError`` raised for an untrusted path.
+    """
     if not isinstance(arch, Mapping) or "adapter" not in arch:
         raise ConfigError("arch: expected a dict with an 'adapter' key (as written by model.arch())")
-    return _adapter_module(arch["adapter"], "arch 'adapter'").from_arch(dict(arch))
+    module = _adapter_module(arch["adapter"], "arch 'adapter'")
+    return module.from_arch(dict(arch), trust_code=trust_code, where=where)
 
 
 def model_state(model: nn.Module) -> dict[str, Any]:
@@ -142,17 +151,26 @@ def load_state_strict(
 
 
 def load_model(
-    path_or_ckpt: str | os.PathLike | Mapping[str, Any], map_location: str | torch.device = "cpu"
+    path_or_ckpt: str | os.PathLike | Mapping[str, Any],
+    map_location: str | torch.device = "cpu",
+    *,
+    trust_code: TrustCode = False,
+    where: str | None = None,
 ) -> MultiTaskAdapter:
     """Load a model from an mtkd checkpoint file (``weights_only=True``) or an already-loaded checkpoint dict.
 
-    Raises ``CheckpointError`` when the file is not a safe mtkd checkpoint, the arch is unknown or malformed,
-    or the state_dict does not fit the arch (naming the first mismatching key and both shapes).
+    Args:
+        trust_code: import paths the file's arch may name (``mtkd.models.trust``); default: none.
+        where: the file a checkpoint dict was read from, for messages (default: the path, or ``"checkpoint"``).
+
+    Raises ``CheckpointError`` when the file is not a safe mtkd checkpoint, its arch names code that
+    ``trust_code`` does not allow, the arch is unknown or malformed, or the state_dict does not fit the arch
+    (naming the first mismatching key and both shapes).
     """
     from mtkd.engine.checkpoint import load_checkpoint
 
     if isinstance(path_or_ckpt, Mapping):
-        ckpt, where = dict(path_or_ckpt), "checkpoint"
+        ckpt, where = dict(path_or_ckpt), where or "checkpoint"
         m = ckpt.get("model")
         if not isinstance(m, Mapping) or "arch" not in m or "state_dict" not in m:
             raise CheckpointError("checkpoint: field 'model' must be a dict with 'arch' and 'state_dict'")
@@ -160,7 +178,7 @@ def load_model(
         ckpt, where = load_checkpoint(path_or_ckpt, map_location=map_location), str(path_or_ckpt)
     arch, state = ckpt["model"]["arch"], ckpt["model"]["state_dict"]
     try:
-        model = build_from_arch(arch)
+        model = build_from_arch(arch, trust_code=trust_code, where=where)
     except ConfigError as e:
         raise CheckpointError(f"{where}: cannot rebuild the model from its arch: {e}") from None
     load_state_strict(model, state, where)

@@ -17,10 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from ultralytics.nn.modules import Conv
-from ultralytics.nn.modules.head import Detect
 
 from mtkd.models.blocks import conv_width
+from mtkd.utils.env import quiet_ultralytics
+
+with quiet_ultralytics():  # no settings banner when Ultralytics is first imported
+    from ultralytics.nn.modules import Conv
+    from ultralytics.nn.modules.head import Detect
 
 #: YOLOv5 P3-P5 anchors (w, h pixels at 640) divided by 4, for objects of ~6-100 px in 128 px images.
 DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (

@@ -23,13 +23,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from ultralytics.nn.modules import Conv
 
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.blocks import CSP, SPPF, conv_width
 from mtkd.models.features import FeatureTaps
 from mtkd.models.heads import DEFAULT_ANCHORS, AnchorFreeHead, AnchorHead, SegHead
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
+from mtkd.utils.env import quiet_ultralytics
+
+with quiet_ultralytics():  # no settings banner when Ultralytics is first imported
+    from ultralytics.nn.modules import Conv
 
 #: scale -> (depth multiple, width multiple, max channels)
 SCALES: dict[str, tuple[float, float, int]] = {

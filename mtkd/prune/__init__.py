@@ -9,7 +9,7 @@ Public API::
     mtkd.prune.convert.convert_file(src, out, *, trust_pickle=False, verify=False, tol=1e-5, base=None,
                                     imgsz=128) -> {"out", "kind", "params", "max_abs_diff"}
     mtkd.prune.convert.convert_module(model, out, *, verify=True, tol=1e-5, imgsz=128) -> {...}
-    mtkd.prune.sniff.scan_file(path) -> FileScan   (what a pickle would import, without unpickling)
+    mtkd.utils.sniff.scan_file(path) -> FileScan   (what a pickle would import, without unpickling)
 
 CLI: ``mtkd prune`` (``tools/prune.py``) and ``mtkd convert`` (``tools/convert.py``).
 """

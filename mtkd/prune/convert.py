@@ -16,7 +16,7 @@ Inputs ``convert_file`` understands:
 
 The last three contain pickled Python objects: unpickling them runs whatever code the file names, so they are
 loaded (``weights_only=False``) only when ``trust_pickle=True``. Before that, the file is inspected without
-unpickling (``mtkd.prune.sniff``) and refused with the name of a class it would import. Every other load is
+unpickling (``mtkd.utils.sniff``) and refused with the name of a class it would import. Every other load is
 ``torch.load(..., weights_only=True)``.
 
 The written checkpoint is always loaded back with ``mtkd.models.load_model`` (``weights_only=True``) to prove it
@@ -30,7 +30,6 @@ import argparse
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,9 @@ from torch import Tensor, nn
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.export.flat import format_diffs, max_abs_diffs, named_outputs
 from mtkd.models.adapters.base import MultiTaskAdapter
-from mtkd.prune.sniff import scan_file
+from mtkd.models.trust import TrustCode, add_trust_code_argument, arch_targets, trust_from_args
+from mtkd.utils.atomic import atomic_write
+from mtkd.utils.sniff import scan_file
 
 DEFAULT_TOL = 1e-5
 
@@ -108,7 +109,9 @@ def convert_module(
         },
         out,
     )
-    rebuilt = load_model(out)  # weights_only=True: the proof that the file is safe and complete
+    # weights_only=True: the proof that the file is safe and complete; it may import only the generic targets the
+    # caller's live model was built from (already imported in this process)
+    rebuilt = load_model(out, trust_code=arch_targets(model.arch()))
     diffs = None
     if verify:
         diffs = compare_models(model, rebuilt, imgsz=imgsz)
@@ -123,15 +126,8 @@ def convert_module(
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open(src, "rb") as f, atomic_write(dst, "wb", what="checkpoint") as g:
+        shutil.copyfileobj(f, g)
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
@@ -169,7 +165,7 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def _load_base(path: Path, base: str | os.PathLike | None, what: str) -> MultiTaskAdapter:
+def _load_base(path: Path, base: str | os.PathLike | None, what: str, trust_code: TrustCode) -> MultiTaskAdapter:
     if base is None:
         raise ConfigError(
             f"{path}: {what} carries no architecture; pass --base SAFE_CKPT (an mtkd checkpoint of the "
@@ -177,21 +173,22 @@ def _load_base(path: Path, base: str | os.PathLike | None, what: str) -> MultiTa
         )
     from mtkd.models import load_model
 
-    return load_model(base)
+    return load_model(base, trust_code=trust_code)
 
 
 def _from_state_dict(
-    path: Path, state: Mapping[str, Tensor], base: str | os.PathLike | None
+    path: Path, state: Mapping[str, Tensor], base: str | os.PathLike | None, trust_code: TrustCode = False
 ) -> MultiTaskAdapter:
     from mtkd.models.build import load_state_strict
 
-    model = _load_base(path, base, "a plain state_dict")
+    model = _load_base(path, base, "a plain state_dict", trust_code)
     load_state_strict(model, state, f"{path} (on the architecture of {base})")
     return model
 
 
 def _from_tp_state_dict(
-    path: Path, obj: Mapping[str, Any], base: str | os.PathLike | None, arch: str | None
+    path: Path, obj: Mapping[str, Any], base: str | os.PathLike | None, arch: str | None,
+    trust_code: TrustCode = False,
 ) -> MultiTaskAdapter:
     """``tp.load_state_dict`` onto the base model, skipping read-only attributes (properties such as
     ``MultiTaskAdapter.nc_det``, which ``tp.state_dict`` records and ``tp.load_state_dict`` fails to set).
@@ -205,7 +202,7 @@ def _from_tp_state_dict(
         model = build_model(arch, nc_det=1, nc_seg=1)
     else:
         model = _load_base(
-            path, base, "a Torch-Pruning tp.state_dict file (pass --base SAFE_CKPT or --arch NAME)"
+            path, base, "a Torch-Pruning tp.state_dict file (pass --base SAFE_CKPT or --arch NAME)", trust_code
         )
     full, attrs = obj["full_state_dict"], obj.get("attributions") or {}
     for name, module in model.named_modules():  # lazy: after the root update it walks the pruned children
@@ -249,9 +246,11 @@ def _wrap_ultralytics(path: Path, module: nn.Module) -> MultiTaskAdapter:
 
 
 def find_model(
-    obj: Any, path: Path, *, base: str | os.PathLike | None = None, arch: str | None = None
+    obj: Any, path: Path, *, base: str | os.PathLike | None = None, arch: str | None = None,
+    trust_code: TrustCode = False,
 ) -> MultiTaskAdapter:
-    """The adapter inside an unpickled object (see the module docstring for the layouts recognised)."""
+    """The adapter inside an unpickled object (see the module docstring for the layouts recognised).
+    ``trust_code`` applies to the ``base`` checkpoint (``mtkd.models.trust``)."""
     if isinstance(obj, nn.Module):
         obj = getattr(obj, "module", obj)  # DDP / DataParallel
         if isinstance(obj, MultiTaskAdapter):
@@ -265,13 +264,13 @@ def find_model(
         )
     if isinstance(obj, Mapping):
         if "full_state_dict" in obj and "attributions" in obj:
-            return _from_tp_state_dict(path, obj, base, arch)
+            return _from_tp_state_dict(path, obj, base, arch, trust_code)
         for key in ("ema", "model", "student", "state_dict", "model_state_dict"):
             value = obj.get(key)
             if isinstance(value, nn.Module) or (key != "ema" and _is_state_dict(value)):
-                return find_model(value, path, base=base, arch=arch)
+                return find_model(value, path, base=base, arch=arch, trust_code=trust_code)
         if _is_state_dict(obj):
-            return _from_state_dict(path, obj, base)
+            return _from_state_dict(path, obj, base, trust_code)
         keys = ", ".join(map(str, list(obj)[:8]))
         raise CheckpointError(f"{path}: no model found in a dict with keys [{keys}]")
     raise CheckpointError(f"{path}: no model found (top-level object is a {type(obj).__name__})")
@@ -282,6 +281,7 @@ def convert_file(
     out: str | os.PathLike,
     *,
     trust_pickle: bool = False,
+    trust_code: TrustCode = False,
     verify: bool = False,
     tol: float = DEFAULT_TOL,
     base: str | os.PathLike | None = None,
@@ -318,7 +318,7 @@ def convert_file(
         if isinstance(obj, Mapping) and obj.get("format") == "mtkd-checkpoint":
             from mtkd.models import load_model
 
-            model = load_model(path)
+            model = load_model(path, trust_code=trust_code)
             if out.resolve() != path.resolve():
                 _copy_atomic(path, out)
             return {
@@ -327,14 +327,14 @@ def convert_file(
                 "params": sum(p.numel() for p in model.parameters()),
                 "max_abs_diff": None,
             }
-        model = find_model(obj, path, base=base, arch=arch)
+        model = find_model(obj, path, base=base, arch=arch, trust_code=trust_code)
         res = convert_module(model, out, verify=verify, tol=tol, imgsz=imgsz, source=str(path))
         return {**res, "kind": "state_dict"}
 
     if not trust_pickle:
         raise CheckpointError(refusal_message(path, scan.example_class()))
     obj = _trusted_load(path)
-    model = find_model(obj, path, base=base, arch=arch)
+    model = find_model(obj, path, base=base, arch=arch, trust_code=trust_code)
     res = convert_module(model, out, verify=verify, tol=tol, imgsz=imgsz, source=str(path))
     return {**res, "kind": "pickle"}
 
@@ -368,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
         help="built-in model name (e.g. yolo_mt_n) the tp.state_dict file was pruned from (or --base)",
     )
     p.add_argument("--imgsz", type=int, default=128, help="image size for --verify (default 128)")
+    add_trust_code_argument(p)
     return p
 
 
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             args.input,
             args.out,
             trust_pickle=args.trust_pickle,
+            trust_code=trust_from_args(args.trust_code),
             verify=args.verify,
             tol=args.tol,
             base=args.base,

@@ -243,6 +243,8 @@ def _fmt(n: float) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mtkd.models.trust import add_trust_code_argument
+
     p = argparse.ArgumentParser(
         prog="mtkd prune",
         description="Structured pruning with Torch-Pruning; writes a safe checkpoint with the pruned widths.",
@@ -263,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iterative-steps", type=int, default=1, help="reach --ratio in this many steps")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
     p.add_argument("--seed", type=int, default=0)
+    add_trust_code_argument(p)
     return p
 
 
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mtkd.engine.checkpoint import load_checkpoint, save_checkpoint
     from mtkd.models import load_model, model_state
+    from mtkd.models.trust import trust_from_args
 
     if args.ratio is not None and not 0.0 < args.ratio < 1.0:
         raise ConfigError(f"--ratio: expected a channel pruning ratio in (0, 1), got {args.ratio}")
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.imgsz is not None
         else (int(config["imgsz"]) if isinstance(config.get("imgsz"), int) else 640)
     )
-    model = load_model(ckpt)
+    model = load_model(ckpt, trust_code=trust_from_args(args.trust_code), where=str(args.weights))
     macs0, params0 = count_macs_params(model, imgsz)
     prune_model(
         model,

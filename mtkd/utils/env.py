@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -23,3 +26,23 @@ def configure_offline(config_dir: str | os.PathLike | None = None) -> None:
     if config_dir is not None:
         Path(config_dir).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+
+
+@contextlib.contextmanager
+def quiet_ultralytics() -> Iterator[None]:
+    """Drop Ultralytics' INFO messages (its settings-file banner on first import, "Overriding model.yaml nc=...")
+    while the block runs, without changing its verbosity for the rest of the process: library use stays silent
+    and a user's own Ultralytics calls log as they would. Warnings and errors still show.
+
+    Usage: ``with quiet_ultralytics(): from ultralytics.nn.modules import Conv``.
+    """
+    logger = logging.getLogger("ultralytics")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

@@ -17,7 +17,7 @@ from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models import build_model, load_model, model_state
 from mtkd.prune.convert import compare_models, convert_file, convert_module, main
 from mtkd.prune.prune import prune_model
-from mtkd.prune.sniff import scan_file
+from mtkd.utils.sniff import scan_file
 
 IMGSZ = 64
 
@@ -140,8 +140,8 @@ def test_verify_failure_exits_1_and_removes_output(tmp_path, monkeypatch, capsys
 
     real = build.load_model
 
-    def perturbed(path, map_location="cpu"):
-        m = real(path, map_location)
+    def perturbed(path, map_location="cpu", **kw):
+        m = real(path, map_location, **kw)
         with torch.no_grad():
             m.seg.cls.bias.add_(1e-3)
         return m

@@ -23,6 +23,7 @@ from mtkd.errors import ConfigError
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.adapters.generic import check_keys
 from mtkd.models.outputs import MultiTaskOutput
+from mtkd.models.trust import TrustCode
 
 _WHERE = "composite adapter"
 _MEMBERS = ("det", "seg")
@@ -116,9 +117,11 @@ def build(
     return CompositeAdapter(det=det, seg=seg)
 
 
-def from_arch(arch: Mapping[str, Any]) -> CompositeAdapter:
-    """Inverse of ``CompositeAdapter.arch()``: each member through ``mtkd.models.build.build_from_arch``."""
+def from_arch(arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch") -> CompositeAdapter:
+    """Inverse of ``CompositeAdapter.arch()``: each member through ``mtkd.models.build.build_from_arch`` with the
+    same ``trust_code`` (``mtkd.models.trust``)."""
     from mtkd.models.build import build_from_arch
 
     det_arch, seg_arch = _member_configs(arch, f"{_WHERE} arch")
-    return CompositeAdapter(det=build_from_arch(det_arch), seg=build_from_arch(seg_arch))
+    return CompositeAdapter(det=build_from_arch(det_arch, trust_code=trust_code, where=where),
+                            seg=build_from_arch(seg_arch, trust_code=trust_code, where=where))

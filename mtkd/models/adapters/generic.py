@@ -44,6 +44,7 @@ from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.features import FeatureTaps
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
+from mtkd.models.trust import TrustCode, require_trusted
 from mtkd.utils.suggest import did_you_mean
 
 SEG_ACTIVATIONS = ("logits", "sigmoid", "softmax")
@@ -571,6 +572,16 @@ def build(
     )
 
 
-def from_arch(arch: Mapping[str, Any]) -> GenericAdapter:
-    """Inverse of ``GenericAdapter.arch()`` (no weights loaded; the checkpoint's state_dict follows)."""
+def from_arch(arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch") -> GenericAdapter:
+    """Inverse of ``GenericAdapter.arch()`` (no weights loaded; the checkpoint's state_dict follows).
+
+    ``arch`` comes from a file, so its ``target`` is imported only when ``trust_code`` allows it
+    (``mtkd.models.trust``); ``CheckpointError`` naming ``where`` and the path otherwise. A ``state_dict`` path in
+    ``arch`` is never read (the weights travel in the checkpoint).
+    """
+    check_keys(arch, _CONFIG_KEYS, f"{_W} arch")
+    target = arch.get("target")
+    if not isinstance(target, str) or ":" not in target:
+        raise ConfigError(f"{_W} arch: field 'target' = {target!r}; expected 'package.module:Class'")
+    require_trusted(target, trust_code, where)
     return build({k: v for k, v in arch.items() if k != "state_dict"})

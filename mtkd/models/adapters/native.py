@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mtkd.errors import ConfigError
+from mtkd.models.adapters.generic import check_keys
 from mtkd.models.yolo_mt import HEAD_KINDS, SCALES, STRIDES, YoloMT, default_layers
 
 CONFIG_KEYS = ("adapter", "name", "scale", "head", "anchors", "reg_max")
@@ -91,8 +92,16 @@ def build(
     )
 
 
-def from_arch(arch: dict[str, Any]) -> YoloMT:
-    """Rebuild a (possibly pruned) ``yolo_mt`` model from ``YoloMT.arch()``; raises ``ConfigError`` if malformed."""
+#: the keys of ``YoloMT.arch()``
+ARCH_KEYS = ("adapter", "family", "scale", "head", "det_names", "seg_names", "strides", "anchors", "reg_max", "layers")
+
+
+def from_arch(arch: dict[str, Any], *, trust_code: Any = False, where: str = "arch") -> YoloMT:
+    """Rebuild a (possibly pruned) ``yolo_mt`` model from ``YoloMT.arch()``; raises ``ConfigError`` if malformed.
+
+    Imports nothing the arch names (``trust_code`` is accepted for the common ``from_arch`` signature). An
+    unknown key (e.g. from a newer mtkd) is refused rather than dropped."""
+    check_keys(arch, ARCH_KEYS, f"{where}: native arch")
     try:
         if arch.get("family", "yolo_mt") != "yolo_mt":
             raise _fail(f"arch 'family' must be 'yolo_mt' for adapter 'native', got {arch.get('family')!r}")

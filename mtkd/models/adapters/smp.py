@@ -172,6 +172,8 @@ def build(
     return adapter
 
 
-def from_arch(arch: Mapping[str, Any]) -> SmpAdapter:
-    """Inverse of ``SmpAdapter.arch()`` (random weights; the checkpoint's state_dict follows)."""
+def from_arch(arch: Mapping[str, Any], *, trust_code: Any = False, where: str = "arch") -> SmpAdapter:
+    """Inverse of ``SmpAdapter.arch()`` (random weights; the checkpoint's state_dict follows).
+
+    Imports nothing the arch names (``trust_code`` is accepted for the common ``from_arch`` signature)."""
     return build({k: v for k, v in arch.items() if k not in ("state_dict", "head")})

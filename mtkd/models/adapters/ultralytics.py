@@ -40,9 +40,11 @@ from torch import Tensor, nn
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.adapters.generic import check_head, check_keys, check_rebuildable, resolve_names
+from mtkd.models.adapters.ultralytics_yaml import validate_model_yaml
 from mtkd.models.features import FeatureTaps
 from mtkd.models.heads import SegHead
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
+from mtkd.utils.env import quiet_ultralytics
 
 _CONFIG_KEYS = ("adapter", "model", "weights", "trust_pickle", "seg_head", "det_names", "seg_names", "head")
 _WHERE = "ultralytics adapter"
@@ -197,6 +199,7 @@ def _reference(arch: Mapping[str, Any]) -> nn.Module:
     from ultralytics.nn.tasks import parse_model
 
     cfg = copy.deepcopy(dict(arch["yaml"]))
+    validate_model_yaml(cfg, f"{_WHERE} arch field 'yaml'")
     ref = nn.Module()
     ref.model = nn.Module()
     ref.model.model, _ = parse_model(copy.deepcopy(cfg), ch=cfg.get("channels", 3), verbose=False)
@@ -220,9 +223,11 @@ def _load_yaml(spec: str | Mapping[str, Any]) -> dict[str, Any]:
         ) from None
 
 
-def _from_yaml(cfg: dict[str, Any], nc: int | None) -> nn.Module:
+def _from_yaml(cfg: dict[str, Any], nc: int | None, where: str = f"{_WHERE}: field 'model'") -> nn.Module:
+    """Build an Ultralytics model from a YAML dict after ``validate_model_yaml`` (nothing in it is evaluated)."""
     from ultralytics.nn.tasks import DetectionModel, SemanticSegmentationModel, guess_model_task
 
+    validate_model_yaml(cfg, where)
     task = guess_model_task(cfg)
     if task not in ("detect", "semantic"):
         raise ConfigError(
@@ -230,7 +235,8 @@ def _from_yaml(cfg: dict[str, Any], nc: int | None) -> nn.Module:
         )
     cls = DetectionModel if task == "detect" else SemanticSegmentationModel
     try:
-        return cls(cfg, nc=nc or None, verbose=False)
+        with quiet_ultralytics():  # no "Overriding model.yaml nc=..." in library use
+            return cls(cfg, nc=nc or None, verbose=False)
     except Exception as e:
         raise ConfigError(
             f"{_WHERE}: field 'model': Ultralytics cannot build this YAML ({type(e).__name__}: {e})"
@@ -308,13 +314,17 @@ def build(
     return UltralyticsAdapter(model, det_names=det, seg_names=seg, seg_head=config.get("seg_head"))
 
 
-def from_arch(arch: Mapping[str, Any]) -> UltralyticsAdapter:
-    """Inverse of ``UltralyticsAdapter.arch()`` (random weights; the checkpoint's state_dict follows)."""
+def from_arch(arch: Mapping[str, Any], *, trust_code: Any = False, where: str = "arch") -> UltralyticsAdapter:
+    """Inverse of ``UltralyticsAdapter.arch()`` (random weights; the checkpoint's state_dict follows).
+
+    The arch's YAML passes ``validate_model_yaml`` before Ultralytics sees it, so it never runs code; there is
+    nothing ``trust_code`` could allow here (accepted for the common ``from_arch`` signature).
+    """
     check_keys(arch, ("adapter", "yaml", "det_names", "seg_names", "seg_head"), f"{_WHERE} arch")
     if not isinstance(arch.get("yaml"), Mapping):
         raise ConfigError(f"{_WHERE} arch: field 'yaml' must be the model YAML dict")
     cfg = copy.deepcopy(dict(arch["yaml"]))
-    model = _from_yaml(cfg, cfg.get("nc"))
+    model = _from_yaml(cfg, cfg.get("nc"), f"{_WHERE} arch field 'yaml'")
     return UltralyticsAdapter(
         model, det_names=arch.get("det_names") or (), seg_names=arch.get("seg_names") or (),
         seg_head=arch.get("seg_head"),

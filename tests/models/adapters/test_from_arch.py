@@ -44,7 +44,11 @@ def test_arch_round_trip_through_safe_checkpoint(case, build_case, tmp_path):
     assert json.loads(json.dumps(state["arch"])) == state["arch"]  # JSON-like only
     path = save_checkpoint({"model": state}, tmp_path / "model.pt")
     torch.manual_seed(123)  # the rebuilt model's random init differs; the loaded weights must win
-    loaded = load_model(path)
+    targets = [t for t in (state["arch"].get("target"),) if t]  # generic: the file names code to import
+    if targets:
+        with pytest.raises(CheckpointError, match="--trust-code"):
+            load_model(path)
+    loaded = load_model(path, trust_code=targets)
     assert type(loaded) is type(model) and loaded.arch() == state["arch"]
     assert loaded.det_spec() == model.det_spec() and loaded.seg_names == model.seg_names
     _same_outputs(model, loaded, torch.rand(1, 3, IMGSZ, IMGSZ))
