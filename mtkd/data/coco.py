@@ -59,6 +59,51 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true/false are not ids or sizes
+
+
+def _shown(v: Any) -> str:
+    """A JSON value as written in the file, cut to one short line."""
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int_problem(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """Why the first of ``obj[keys]`` that is not an integer is wrong (``None`` when all are integers)."""
+    bad = next((k for k in keys if not _is_int(obj[k])), None)
+    return None if bad is None else f"'{bad}' must be an integer, got {_shown(obj[bad])}"
+
+
+def _rle_runs(counts: Any) -> list[int] | None:
+    """Run lengths of RLE ``counts``: a list of non-negative integers, or a COCO compressed string decoded as
+    pycocotools' ``rleFrString`` does (6-bit characters '0'..'o', deltas from the run two back).
+    ``None`` when malformed, so garbage never reaches pycocotools' C decoder, which does not check it."""
+    if isinstance(counts, list):
+        return counts if all(_is_int(c) and c >= 0 for c in counts) else None
+    if not isinstance(counts, str):
+        return None
+    runs: list[int] = []
+    x = k = 0
+    for ch in counts:
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            return None
+        x |= (c & 0x1F) << (5 * k)
+        k += 1
+        if c & 0x20:  # more characters of this number follow
+            continue
+        if c & 0x10:  # negative: sign-extend
+            x -= 1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            return None
+        runs.append(x)
+        x = k = 0
+    return runs if k == 0 else None
+
+
 def _segmentation_problem(seg: Any, h: int, w: int) -> str | None:
     if isinstance(seg, list):
         if not seg or not all(
@@ -69,8 +114,19 @@ def _segmentation_problem(seg: Any, h: int, w: int) -> str | None:
     if isinstance(seg, dict):
         if "size" not in seg or "counts" not in seg:
             return "segmentation RLE needs keys 'size' and 'counts'"
-        if list(seg["size"]) != [h, w]:
-            return f"segmentation RLE size {seg['size']} differs from the image's [height, width] [{h}, {w}]"
+        size = seg["size"]
+        if not (isinstance(size, list) and all(map(_is_int, size)) and size == [h, w]):
+            return (
+                f"segmentation RLE 'size' must be the image's [height, width] [{h}, {w}], got {_shown(size)}"
+            )
+        runs = _rle_runs(seg["counts"])
+        if runs is None:
+            return (
+                "segmentation RLE 'counts' must be a COCO compressed RLE string or a list of non-negative "
+                f"integer run lengths, got {_shown(seg['counts'])}"
+            )
+        if sum(runs) != h * w:
+            return f"segmentation RLE 'counts' cover {sum(runs)} pixels, expected height*width = {h * w}"
         return None
     return f"segmentation must be polygons (list) or RLE (dict), got {type(seg).__name__}"
 
@@ -99,8 +155,11 @@ def parse_instances(spec: DataSpec, split: str) -> tuple[list[CocoImage], list[P
     rejected_cats: set[int] = set()  # reported already: their annotations are skipped without a second report
     for i, c in enumerate(data["categories"]):
         where = f"categories[{i}]"
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+        if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str):
             problems.append(Problem(jp, f"{where}: missing keys, need 'id' (int) and 'name' (str)"))
+            continue
+        if why := _int_problem(c, ("id",)):
+            problems.append(Problem(jp, f"{where}: {why}"))
             continue
         name = c["name"]
         det = spec.det_names.index(name) if name in spec.det_names else None
@@ -125,17 +184,11 @@ def parse_instances(spec: DataSpec, split: str) -> tuple[list[CocoImage], list[P
         if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "width", "height")):
             problems.append(Problem(jp, f"{where}: missing keys, need 'id', 'file_name', 'width', 'height'"))
             continue
-        if not (
-            isinstance(im["id"], int)
-            and isinstance(im["file_name"], str)
-            and isinstance(im["width"], int)
-            and isinstance(im["height"], int)
-            and im["width"] > 0
-            and im["height"] > 0
-        ):
-            problems.append(
-                Problem(jp, f"{where}: expected int 'id', str 'file_name', positive int 'width'/'height'")
-            )
+        why = _int_problem(im, ("id", "width", "height"))
+        if why is None and not (isinstance(im["file_name"], str) and im["width"] > 0 and im["height"] > 0):
+            why = "expected str 'file_name' and positive 'width'/'height'"
+        if why:
+            problems.append(Problem(jp, f"{where}: {why}"))
             continue
         stem = Path(im["file_name"]).stem
         if im["id"] in images:
@@ -150,15 +203,20 @@ def parse_instances(spec: DataSpec, split: str) -> tuple[list[CocoImage], list[P
             images[im["id"]] = CocoImage(im["id"], im["file_name"], im["width"], im["height"])
 
     for i, a in enumerate(data["annotations"]):
-        where = f"annotations[{i}]" + (f" (id {a['id']})" if isinstance(a, dict) and "id" in a else "")
+        named = isinstance(a, dict) and "id" in a
+        where = f"annotations[{i}]" + (f" (id {_shown(a['id'])})" if named else "")
         missing = [k for k in ("image_id", "category_id") if not isinstance(a, dict) or k not in a]
         if missing:
             problems.append(Problem(jp, f"{where}: missing keys {missing}"))
             continue
-        image_id, category_id = a["image_id"], a["category_id"]
-        if not (isinstance(image_id, int) and isinstance(category_id, int)):
-            problems.append(Problem(jp, f"{where}: 'image_id' and 'category_id' must be integers"))
+        why = _int_problem(a, ("image_id", "category_id", *(("id",) if "id" in a else ())))
+        iscrowd = a.get("iscrowd", 0)
+        if why is None and not (_is_int(iscrowd) and iscrowd in (0, 1)):
+            why = f"'iscrowd' must be 0 or 1, got {_shown(iscrowd)}"
+        if why:
+            problems.append(Problem(jp, f"{where}: {why}"))
             continue
+        image_id, category_id = a["image_id"], a["category_id"]
         if image_id in rejected_images or category_id in rejected_cats:
             continue
         if image_id not in images:
@@ -167,7 +225,7 @@ def parse_instances(spec: DataSpec, split: str) -> tuple[list[CocoImage], list[P
         if category_id not in cats:
             problems.append(Problem(jp, f"{where}: unknown category_id {a['category_id']}"))
             continue
-        im, cat, crowd = images[a["image_id"]], cats[a["category_id"]], bool(a.get("iscrowd", 0))
+        im, cat, crowd = images[image_id], cats[category_id], iscrowd == 1
         why = None
         if cat.det is not None and not crowd:
             bbox = a.get("bbox")

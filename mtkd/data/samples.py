@@ -89,38 +89,72 @@ def _pil_open(path: Path):
     return open_(path)
 
 
-def read_image(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
-    """Decode an image file to uint8 ``[H, W, 3]`` RGB; ``(None, [problem])`` when missing or unreadable."""
-    from PIL import UnidentifiedImageError
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL modes of 16-bit greyscale
+
+
+def _is_16bit(im) -> bool:
+    """16-bit greyscale: mode ``I;16*``, or ``I`` from a PNG (older Pillow reads 16-bit grey PNGs as ``I``)."""
+    return im.mode in _SIXTEEN_BIT or (im.mode == "I" and im.format == "PNG")
+
+
+def _read_pil(path: Path, what: str, to_array) -> tuple[np.ndarray | None, list[Problem]]:
+    """Open ``path`` and return ``to_array(im)`` (an array, or a ``str`` saying why the content is refused).
+
+    A missing, undecodable or too large file (over ``PIL.Image.MAX_IMAGE_PIXELS``, PIL's decompression-bomb
+    guard, whether PIL would warn or raise) is a problem of ``path``, never an exception.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        return None, [Problem(path, "image file is missing")]
+        return None, [Problem(path, f"{what} file is missing")]
     try:
-        with _pil_open(path) as im:
-            return np.asarray(im.convert("RGB")), []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _pil_open(path) as im:
+                out = to_array(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return None, [Problem(path, f"{what} is over PIL's pixel limit (Image.MAX_IMAGE_PIXELS): {e}")]
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as e:
-        return None, [Problem(path, f"image is unreadable ({type(e).__name__}: {e})")]
+        return None, [Problem(path, f"{what} is unreadable ({type(e).__name__}: {e})")]
+    return (None, [Problem(path, out)]) if isinstance(out, str) else (out, [])
+
+
+def _image_rgb(im) -> np.ndarray | str:
+    if _is_16bit(im):  # keep relative intensity: the top 8 of 16 bits (convert("RGB") would clip to white)
+        grey = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        return f"image mode {im.mode} (32-bit) is not supported; save it as an 8- or 16-bit image"
+    return np.asarray(im.convert("RGB"))
+
+
+def _mask_ids(im) -> np.ndarray | str:
+    if im.mode in ("L", "P"):
+        return np.asarray(im)
+    if im.mode in ("I", *_SIXTEEN_BIT):  # integer masks are fine while every value fits a uint8 class id
+        ids = np.asarray(im)
+        lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+        if lo >= 0 and hi <= 255:
+            return ids.astype(np.uint8)
+        return f"mask values {lo}..{hi} (mode {im.mode}) do not fit class ids 0..255"
+    return f"mask must be a single-channel 8-bit PNG (mode L or P) of class ids, got mode {im.mode}"
+
+
+def read_image(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
+    """Decode an image file to uint8 ``[H, W, 3]`` RGB; ``(None, [problem])`` when missing or unreadable.
+
+    16-bit greyscale keeps its relative intensity (value >> 8; PIL itself reduces 16-bit RGB(A) PNGs the same
+    way); 32-bit (mode ``I`` / ``F``) images are refused, as there is no bit depth to scale them by.
+    """
+    return _read_pil(path, "image", _image_rgb)
 
 
 def read_mask(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
-    """Decode a single-channel (PIL mode ``L`` or ``P``) PNG to uint8 ``[H, W]`` class ids."""
-    from PIL import UnidentifiedImageError
-
-    if not path.is_file():
-        return None, [Problem(path, "mask file is missing")]
-    try:
-        with _pil_open(path) as im:
-            if im.mode not in ("L", "P"):
-                return None, [
-                    Problem(
-                        path,
-                        f"mask must be a single-channel 8-bit PNG (mode L or P) of class "
-                        f"ids, got mode {im.mode}",
-                    )
-                ]
-            return np.asarray(im), []
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as e:
-        return None, [Problem(path, f"mask is unreadable ({type(e).__name__}: {e})")]
+    """Decode a single-channel PNG to uint8 ``[H, W]`` class ids: mode ``L`` or ``P``, or a 16/32-bit integer
+    mask whose values all lie in 0..255 (larger values are refused, never wrapped)."""
+    return _read_pil(path, "mask", _mask_ids)
 
 
 def mask_problems(

@@ -17,19 +17,23 @@ visible is removed before painting (it appears in neither the image, the mask no
 ignore band: every pixel is labeled (``ignore_index`` 255 appears only in letterbox padding).
 
 Deterministic: image ``i`` of split ``s`` uses ``numpy.random.default_rng([seed, s, i])`` and is written as PNG
-by PIL, so the same arguments give byte-identical files.
+by PIL, so the same arguments give byte-identical files. Every file goes through ``mtkd.utils.atomic``; a folder
+that cannot be written is a one-line ``OutputError`` naming it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from mtkd.errors import ConfigError
+from mtkd.errors import ConfigError, OutputError
+from mtkd.utils.atomic import atomic_write, describe_os_error, write_text
 
 DET_NAMES = ("ellipse", "rectangle", "triangle", "star")
 SEG_NAMES = ("background", "road", *DET_NAMES)
@@ -275,20 +279,29 @@ def _yaml_text(n_train: int, n_val: int, size: int, seed: int) -> str:
 
 
 def _prepare(out: Path) -> None:
-    """Refuse a non-empty folder not written by make_shapes; clear our own previous output there."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"--out: {out} exists and is not a folder")
-    yaml_path = out / "data.yaml"
-    ours = yaml_path.is_file() and yaml_path.read_text(encoding="utf-8", errors="replace").startswith(MARKER)
-    if any(out.iterdir()) and not ours:
-        raise ConfigError(
-            f"--out: {out} is not empty and was not written by make_shapes; choose an empty folder"
-        )
-    for sub in ("images", "labels", "masks"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
+    """Refuse a non-empty folder not written by make_shapes; clear our own previous output there.
+
+    A folder we may not write into is refused (``OutputError``) before anything in it is touched.
+    """
+    try:
+        if not out.exists():
+            return
+        if not out.is_dir():
+            raise ConfigError(f"--out: {out} exists and is not a folder")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied", str(out))
+        yaml_path = out / "data.yaml"
+        ours = yaml_path.is_file() and yaml_path.read_text("utf-8", errors="replace").startswith(MARKER)
+        if any(out.iterdir()) and not ours:
+            raise ConfigError(
+                f"--out: {out} is not empty and was not written by make_shapes; choose an empty folder"
+            )
+        for sub in ("images", "labels", "masks"):
+            if (out / sub).is_dir():
+                shutil.rmtree(out / sub)
+    except OSError as e:
+        why = describe_os_error(e)
+        raise OutputError(f"{e.filename or out}: cannot write into the output folder ({why})") from None
 
 
 def make_shapes(
@@ -303,23 +316,19 @@ def make_shapes(
     out = Path(out_dir)
     _prepare(out)
     for split, count in (("train", n_train), ("val", n_val)):
-        dirs = [out / sub / split for sub in ("images", "labels", "masks")]
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
         for i in range(count):
             image, mask, boxes = render(np.random.default_rng([seed, SPLIT_CODES[split], i]), size)
             stem = f"{i:06d}"
-            Image.fromarray(image).save(dirs[0] / f"{stem}.png", format="PNG")
-            Image.fromarray(mask).save(dirs[2] / f"{stem}.png", format="PNG")
+            for sub, array in (("images", image), ("masks", mask)):
+                with atomic_write(out / sub / split / f"{stem}.png", "wb", what="PNG") as f:
+                    Image.fromarray(array).save(f, format="PNG")
             lines = [
                 f"{c} {(b[0] + b[2]) / 2 / size:.6f} {(b[1] + b[3]) / 2 / size:.6f} "
                 f"{(b[2] - b[0]) / size:.6f} {(b[3] - b[1]) / size:.6f}\n"
                 for c, b in boxes
             ]
-            (dirs[1] / f"{stem}.txt").write_text("".join(lines), encoding="utf-8")
-    yaml_path = out / "data.yaml"
-    yaml_path.write_text(_yaml_text(n_train, n_val, size, seed), encoding="utf-8")
-    return yaml_path
+            write_text(out / "labels" / split / f"{stem}.txt", "".join(lines), what="label file")
+    return write_text(out / "data.yaml", _yaml_text(n_train, n_val, size, seed), what="dataset descriptor")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,10 @@
 """The ``yolo_mask`` layout (YOLOP/BDD style, DESIGN.md §4): listing, parsing, checking and reading samples.
 
 ```
-<root>/images/<split>/<stem>.{jpg,png,...}   RGB image
+<root>/images/<split>/<stem>.{jpg,png,...}   RGB image (8- or 16-bit; 16-bit is scaled to 8 by >> 8)
 <root>/labels/<split>/<stem>.txt             one "class cx cy w h" line per box, normalized to [0, 1];
                                              empty or missing file = no objects (allowed, counted)
-<root>/masks/<split>/<stem>.png              uint8 class ids (mode L or P), ignore_index = unlabeled
+<root>/masks/<split>/<stem>.png              class ids (mode L or P, or 16-bit <= 255), ignore_index = unlabeled
 ```
 Blank label lines are skipped. Boxes may exceed the image by ``BOX_EPS`` of its size (label-tool rounding) and
 are clipped; anything else wrong raises ``SampleError`` naming the file and line.

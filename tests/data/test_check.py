@@ -5,12 +5,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from mtkd.data.check import check_dataset, main
 from mtkd.data.descriptor import load_data_yaml
+from mtkd.data.samples import SampleError
+from mtkd.data.yolo_mask import YoloMaskSource
 from mtkd.errors import DatasetError
 
 
@@ -59,6 +62,22 @@ def _mask_rgb(root):
     return [("masks/train/000004.png", None, "mode RGB")]
 
 
+def _mask_16bit_over_255(root):  # a uint8 cast would wrap 300 to class id 44
+    p = root / "masks/val/000001.png"
+    m = np.asarray(Image.open(p)).astype(np.uint16)
+    m[0, 0] = 300
+    Image.fromarray(m).save(p)
+    assert Image.open(p).mode == "I;16"
+    return [("masks/val/000001.png", None, "mask values 0..300 (mode I;16) do not fit class ids 0..255")]
+
+
+def _float_image(root):  # 32-bit float greyscale: no bit depth to scale by, so refused
+    p = root / "images/val/000003.png"
+    Image.fromarray(np.asarray(Image.open(p))[..., 0].astype(np.float32)).save(p.with_suffix(".tif"))
+    p.unlink()
+    return [("images/val/000003.tif", None, "image mode F (32-bit) is not supported")]
+
+
 def _label(line: str, message: str, stem: str = "000005"):
     def inject(root):
         n = _append(root / f"labels/train/{stem}.txt", line)
@@ -79,6 +98,8 @@ INJECTIONS = {
     "mask_size_mismatch": _mask_size,
     "mask_bad_values": _mask_values,
     "mask_not_single_channel": _mask_rgb,
+    "mask_16bit_over_255": _mask_16bit_over_255,
+    "image_32bit_float": _float_image,
     "label_field_count": _label("1 0.5 0.5 0.2", "expected 5 fields"),
     "label_non_numeric": _label("1 0.5 abc 0.2 0.2", "non-numeric field"),
     "label_non_finite": _label("1 0.5 nan 0.2 0.2", "non-finite value"),
@@ -112,6 +133,44 @@ def test_all_problems_at_once_are_all_listed(shapes_copy):
     got = {(str(p.path), p.line) for p in report.problems}
     assert {(str(root / rel), line) for rel, line, _ in expected} <= got
     assert len(report.problems) == len(expected)
+
+
+def test_16bit_images_and_masks_read_like_their_8bit_originals(shapes_copy):
+    """16-bit images keep their relative intensity (value >> 8), the checker calls them fine and the reader
+    returns the 8-bit content; a 16-bit mask whose values are all class ids <= 255 reads as those ids."""
+    root = shapes_copy.parent
+    grey_path, mask_path = root / "images/train/000000.png", root / "masks/train/000000.png"
+    rgb_path = root / "images/train/000001.png"
+    grey = np.asarray(Image.open(grey_path))[..., 1]
+    rgb = np.asarray(Image.open(rgb_path))
+    mask = np.asarray(Image.open(mask_path))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(grey_path)  # 16-bit grey PNG, PIL mode I;16
+    cv2.imwrite(str(rgb_path), rgb[..., ::-1].astype(np.uint16) * 257)  # 16-bit RGB PNG
+    Image.fromarray(mask.astype(np.uint16)).save(mask_path)
+    assert Image.open(grey_path).mode == "I;16" and Image.open(mask_path).mode == "I;16"
+    assert check_dataset(shapes_copy).ok
+    src = YoloMaskSource(load_data_yaml(shapes_copy), "train")
+    np.testing.assert_array_equal(src[0].image, np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(src[0].mask, mask)
+    np.testing.assert_array_equal(src[1].image, rgb)
+
+
+# 64x64 = 4096 pixels: over 2x the limit PIL raises DecompressionBombError, over 1x it warns
+@pytest.mark.parametrize("limit", [1000, 3000])
+def test_image_over_the_pil_pixel_limit_is_a_listed_problem(limit, shapes_copy, monkeypatch, capsys):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    root = shapes_copy.parent
+    assert main([str(shapes_copy)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    for sub, what in (("images", "image"), ("masks", "mask")):
+        where = f"{root / sub / 'train/000000.png'}: "
+        assert any(o.startswith(where) and f"{what} is over PIL's pixel limit" in o for o in out), out
+    assert out[-1].endswith(f"{2 * (8 + 4)} problem(s) found")  # every image and every mask
+    with pytest.raises(SampleError) as e:
+        YoloMaskSource(load_data_yaml(shapes_copy), "train")[0]
+    assert str(e.value).startswith(f"{root / 'images/train/000000.png'}: image is over") and "\n" not in str(
+        e.value
+    )
 
 
 def test_summary_counts_match_the_files(shapes_master):

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from mtkd.data.build import build_dataset
 from mtkd.data.check import main as check_main
-from mtkd.data.coco import CocoSource
+from mtkd.data.coco import CocoSource, _segmentation_problem
 from mtkd.data.descriptor import load_data_yaml
 from mtkd.errors import DatasetError
 
@@ -258,6 +258,60 @@ BROKEN = {
         _break(lambda d: d["annotations"][1].pop("segmentation")),
         "missing 'segmentation'",
     ),
+    # malformed RLE: caught before pycocotools' C decoder, which crashes or silently decodes garbage
+    "rle_counts_garbage_string": (
+        _break(lambda d: d["annotations"][1]["segmentation"].update(counts="!!garbage~~")),
+        "annotations[1] (id 2): segmentation RLE 'counts' must be a COCO compressed RLE string",
+    ),
+    "rle_counts_truncated_string": (  # valid characters, but the last number never ends
+        _break(lambda d: d["annotations"][1]["segmentation"].update(counts="zzzz")),
+        "annotations[1] (id 2): segmentation RLE 'counts' must be a COCO compressed RLE string",
+    ),
+    "rle_counts_wrong_sum": (
+        _break(lambda d: d["annotations"][3]["segmentation"].update(counts=[5, 10])),
+        "annotations[3] (id 4): segmentation RLE 'counts' cover 15 pixels, expected height*width = 2500",
+    ),
+    "rle_counts_wrong_type": (
+        _break(lambda d: d["annotations"][3]["segmentation"].update(counts=5)),
+        "annotations[3] (id 4): segmentation RLE 'counts' must be",
+    ),
+    "rle_counts_not_integers": (
+        _break(lambda d: d["annotations"][3]["segmentation"].update(counts=["a", 2500])),
+        "annotations[3] (id 4): segmentation RLE 'counts' must be",
+    ),
+    "rle_size_wrong_type": (
+        _break(lambda d: d["annotations"][3]["segmentation"].update(size=5)),
+        "annotations[3] (id 4): segmentation RLE 'size' must be the image's [height, width] [50, 50], got 5",
+    ),
+    # ids: JSON true is not image 1, "3" and 3.0 are not category 3
+    "image_id_bool": (
+        _break(lambda d: d["annotations"][0].update(image_id=True)),
+        "annotations[0] (id 1): 'image_id' must be an integer, got true",
+    ),
+    "category_id_float": (
+        _break(lambda d: d["annotations"][0].update(category_id=3.0)),
+        "annotations[0] (id 1): 'category_id' must be an integer, got 3.0",
+    ),
+    "annotation_id_string": (
+        _break(lambda d: d["annotations"][0].update(id="1")),
+        'annotations[0] (id "1"): \'id\' must be an integer, got "1"',
+    ),
+    "iscrowd_string": (  # "0" would otherwise be truthy: a crowd region without a box
+        _break(lambda d: d["annotations"][0].update(iscrowd="0")),
+        "annotations[0] (id 1): 'iscrowd' must be 0 or 1, got \"0\"",
+    ),
+    "image_entry_id_bool": (
+        _break(lambda d: d["images"][0].update(id=True)),
+        "images[0]: 'id' must be an integer, got true",
+    ),
+    "image_entry_width_bool": (
+        _break(lambda d: d["images"][1].update(width=True)),
+        "images[1]: 'width' must be an integer, got true",
+    ),
+    "category_entry_id_bool": (
+        _break(lambda d: d["categories"][0].update(id=True)),
+        "categories[0]: 'id' must be an integer, got true",
+    ),
 }
 
 
@@ -273,6 +327,16 @@ def test_broken_json_is_reported(kind, tmp_path, capsys):
         DatasetError, match=re.escape(message.lstrip(":2"))
     ):  # the reader refuses with the same message
         build_dataset(load_data_yaml(yaml_path), "train", imgsz=64, augment=False)
+
+
+def test_every_valid_compressed_rle_passes_the_counts_check():
+    """The counts check decodes compressed strings like pycocotools: no valid RLE is refused."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        assert _segmentation_problem(_rle(m), h, w) is None
+        assert _segmentation_problem(_rle(m, compressed=False), h, w) is None
 
 
 def test_missing_or_resized_image_is_reported(tmp_path, capsys):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mtkd.cli import run_command
 from mtkd.data.check import check_dataset
 from mtkd.data.check import main as check_main
 from mtkd.data.descriptor import load_data_yaml
 from mtkd.data.shapes import DET_NAMES, SEG_NAMES, main, make_shapes
-from mtkd.errors import ConfigError
+from mtkd.errors import ConfigError, OutputError
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -94,6 +97,41 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def _cli_error(out: Path, capsys) -> str:
+    """Run ``mtkd make_shapes --out out``; assert it fails with one line and no traceback; return the line."""
+    args = ["--out", str(out), "--n-train", "1", "--n-val", "1", "--size", "32"]
+    assert run_command("make_shapes", args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_output_under_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert f"{tmp_path / 'file'}" in _cli_error(tmp_path / "file" / "set", capsys)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_unwritable_output_folder_is_a_one_line_error_and_keeps_what_was_there(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    own = make_shapes(tmp_path / "own", n_train=1, n_val=1, size=32).parent  # our output, to be locked
+    before = _files(own)
+    for folder in (locked, own):
+        folder.chmod(0o500)
+    try:
+        with pytest.raises(
+            OutputError, match=f"^{re.escape(str(locked))}: cannot write into the output folder"
+        ):
+            make_shapes(locked, n_train=1, n_val=1, size=32)
+        assert f"{own}: cannot write into the output folder (permission denied)" in _cli_error(own, capsys)
+        assert _files(own) == before and not any(locked.iterdir())
+    finally:
+        for folder in (locked, own):
+            folder.chmod(0o700)
 
 
 def test_committed_descriptor_points_at_the_default_location():
