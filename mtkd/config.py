@@ -30,6 +30,8 @@ import yaml
 
 from mtkd.errors import ConfigError
 from mtkd.losses.schedules import Schedule
+from mtkd.utils import yaml_load
+from mtkd.utils.atomic import write_text
 from mtkd.utils.suggest import did_you_mean
 
 Schedulable = float | dict  # a number or a schedule mapping {kind, start, end} (mtkd.losses.schedules)
@@ -120,6 +122,9 @@ class TrainConfig:
     exist_ok: bool = field(default=False, metadata=_m("reuse an existing run dir (overwrite)"))
     teacher: str | None = field(default=None, metadata=_m("teacher checkpoint; null = plain training"))
     student: str | None = field(default=None, metadata=_m("initial student weights (e.g. a pruned checkpoint)"))
+    trust_code: bool | tuple[str, ...] = field(default=False, metadata=_m(
+        "import paths (package.module:Class) that the teacher/student/resume checkpoints may import to rebuild a "
+        "generic-adapter model; true = any path those files name (only for files you trust)"))
     resume: bool | str = field(default=False, metadata=_m("true: continue {project}/{name}; or a last.pt path"))
     temperature: Schedulable = field(default=4.0, metadata=_m("KD temperature", range_=(0.0, math.inf, False, False)))
     alpha_seg: Schedulable = field(default=0.5, metadata=_m("seg KD mix", range_=(0.0, 1.0, True, True)))
@@ -201,6 +206,9 @@ def _type_name(tp: Any) -> str:
     return {type(None): "null", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` converted to type ``tp`` or raise ``ConfigError`` naming ``key``."""
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
@@ -232,6 +240,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:  # YAML 1.1 words, read as strings
+            return _BOOL_WORDS[value.lower()]
         raise bad
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -336,7 +346,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' inheritance loops back to this file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_load.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -365,7 +375,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = yaml_load.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         node = out
@@ -383,14 +393,19 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
     Raises ``ConfigError`` naming the file/key for every problem.
     """
-    raw = _read_yaml(Path(path)) if path is not None else {}
-    raw = _deep_merge(_resolve_aliases(raw), _resolve_aliases(parse_overrides(overrides)))
-    return build_config(raw)
+    from_file = _resolve_aliases(_read_yaml(Path(path))) if path is not None else {}
+    try:
+        return build_config(_deep_merge(from_file, _resolve_aliases(parse_overrides(overrides))))
+    except ConfigError:
+        if path is None:
+            raise
+        try:  # blame the file when the file alone is wrong; else the problem came from an override
+            build_config(from_file)
+        except ConfigError as file_error:
+            raise ConfigError(f"{path}: {file_error}") from None
+        raise
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (re-loadable with ``load_config``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return path
+    return write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), what="config")

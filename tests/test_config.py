@@ -88,3 +88,51 @@ def test_shipped_configs_load_with_overrides(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", ["data=other.yaml", "model=yolo_mt_s"])
     assert cfg.data == "other.yaml" and cfg.model == "yolo_mt_s"
     assert cfg.distilling == (name in ("shapes_distill", "examples/yolop_pruned_student"))
+
+
+@pytest.mark.parametrize("word", ["off", "OFF", "no", "on", "yes", "Off"])
+def test_yaml_11_words_stay_strings_in_overrides_and_files(word, tmp_path):
+    """PyYAML reads `off`/`no`/`on`/`yes` as booleans (YAML 1.1); string fields must get the word the user typed."""
+    assert load_config(None, [f"name={word}"]).name == word
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: {word}\namp: off\n")
+    cfg = load_config(path, [])
+    assert cfg.name == word and cfg.amp == "off"
+    assert load_config(None, ["amp=off"]).amp == "off"
+
+
+def test_bool_fields_accept_yaml_11_words_and_refuse_others():
+    cfg = load_config(None, ["exist_ok=yes", "ema=off", "augment=On"])
+    assert (cfg.exist_ok, cfg.ema, cfg.augment) == (True, False, True)
+    with pytest.raises(ConfigError, match="exist_ok: expected bool"):
+        load_config(None, ["exist_ok=maybe"])
+
+
+def test_a_bad_key_in_a_config_file_names_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("epochs: 3\nepoch: 4\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown config key 'epoch' \(did you mean 'epochs'\?\)"):
+        load_config(path, [])
+    good = tmp_path / "good.yaml"
+    good.write_text("epochs: 3\n")
+    with pytest.raises(ConfigError) as e:  # a bad override is not blamed on the file
+        load_config(good, ["epoch=4"])
+    assert str(good) not in str(e.value) and "epoch" in str(e.value)
+
+
+def test_trust_code_takes_a_list_of_import_paths_or_a_bool():
+    assert load_config(None, []).trust_code is False
+    assert load_config(None, ["trust_code=[yolop.models:YOLOP]"]).trust_code == ("yolop.models:YOLOP",)
+    assert load_config(None, ["trust_code=true"]).trust_code is True
+
+
+def test_amp_off_trains(tmp_path):
+    """`amp=off`, the value README, --help and the fp16 error tell users to type, trains."""
+    from mtkd.cli import run_command
+    from mtkd.data.shapes import make_shapes
+
+    data = make_shapes(tmp_path / "data", n_train=2, n_val=2, size=64, seed=0)
+    rc = run_command("train", [str(ROOT / "configs" / "shapes_student.yaml"), f"data={data}", "amp=off", "imgsz=64",
+                               "epochs=1", "batch=2", "workers=0", "tensorboard=false", f"project={tmp_path}",
+                               "name=amp_off"])
+    assert rc == 0 and (tmp_path / "amp_off" / "weights" / "last.pt").is_file()
