@@ -1,7 +1,8 @@
 """``mtkd <command> [args]``: one entry point; ``tools/<command>.py`` are thin wrappers around it.
 
-Every command is a ``main(argv) -> int`` function in the package. User errors (``MtkdError``) print one line
-and exit 2 (``check_dataset`` uses 1 for "problems found"), never a traceback.
+Every command is a ``main(argv) -> int`` function in the package. User errors (``MtkdError``) and file-system
+errors (``OSError``: permission denied, disk full, ...) print one line and exit 2 (``check_dataset`` uses 1 for
+"problems found"), never a traceback.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def run_command(name: str, argv: Sequence[str]) -> int:
         return int(getattr(importlib.import_module(module), func)(list(argv)) or 0)
     except MtkdError as e:
         print(f"mtkd {name}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file-system failure no command anticipated: still one line, naming the path
+        from mtkd.utils.atomic import describe_os_error
+
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mtkd {name}: error: {where}{describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mtkd {name}: interrupted", file=sys.stderr)

@@ -57,3 +57,15 @@ def test_library_imports_and_builds_are_silent(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout == "" and res.stderr == "", res.stdout + res.stderr
     assert (tmp_path / "ultralytics").is_dir()  # Ultralytics did create its settings, quietly
+
+
+def test_an_unexpected_file_system_error_is_one_line(monkeypatch, capsys):
+    """A command's OSError that no code path anticipated still prints one line naming the path (exit 2)."""
+    import mtkd.cli as cli
+
+    def boom(argv):
+        raise PermissionError(13, "Permission denied", "/some/where/file.json")
+
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: type("M", (), {"main": staticmethod(boom)}))
+    assert cli.run_command("eval", []) == 2
+    assert capsys.readouterr().err.strip() == "mtkd eval: error: /some/where/file.json: permission denied"
