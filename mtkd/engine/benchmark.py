@@ -155,8 +155,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     res = run_benchmark(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    from mtkd.utils.atomic import write_text
+
+    write_text(args.out, json.dumps(res, indent=2) + "\n", what="benchmark JSON")  # atomic: a failure keeps the old
     ms = res["ms"]
     print(f"student_step {ms['student_step']:.1f} ms | teacher_forward {ms['teacher_forward']:.1f} ms | "
           f"kd_step {ms['kd_step']:.1f} ms")

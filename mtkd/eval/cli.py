@@ -5,6 +5,10 @@
 ``--data`` defaults to the data YAML recorded in the checkpoint's config. The JSON follows DESIGN.md §4;
 ``model.weights`` and ``artifacts.predictions_dir`` (relative to the JSON's folder) let ``mtkd report`` find
 the checkpoint and the sample overlays.
+
+``--out`` and the COCO files of ``--save-predictions`` are written atomically (``mtkd.utils.atomic``): a failed
+write leaves the previous file untouched. Both destinations are checked before the evaluation starts, so an
+unwritable folder is reported at once, as one line.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mtkd.errors import ConfigError
+from mtkd.errors import ConfigError, OutputError
+from mtkd.utils.atomic import ensure_parent, write_text
 
 DEFAULT_IMGSZ = 640
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mtkd.models.trust import add_trust_code_argument
+
     p = argparse.ArgumentParser(prog="mtkd eval", description="Evaluate mAP, mIoU, speed and size of a checkpoint.")
     p.add_argument("--weights", required=True, help="mtkd checkpoint (.pt)")
     p.add_argument("--data", help="dataset YAML (default: the one recorded in the checkpoint config)")
@@ -40,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-iters", type=int, default=30, help="timed passes for latency (default: 30)")
     p.add_argument("--name", help="model name in the JSON/report (default: from the run or file name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_trust_code_argument(p)
     return p
 
 
@@ -109,6 +117,26 @@ def format_table(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_writable_folder(folder: Path, what: str) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: cannot write the {what} there (permission denied)")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail fast, before a long evaluation, when ``--out`` or ``--save-predictions`` cannot be written.
+
+    Creates the destination folders (as the writes would); ``OutputError`` (one line, naming the path) when
+    ``--out`` is a directory, ``--save-predictions`` is a file, or a folder cannot be created or written to.
+    """
+    if args.out:
+        _check_writable_folder(ensure_parent(args.out, "metrics JSON").parent, "metrics JSON")
+    if args.save_predictions:
+        pred = Path(args.save_predictions)
+        if pred.exists() and not pred.is_dir():
+            raise OutputError(f"{pred}: --save-predictions expects a folder, but this is an existing file")
+        _check_writable_folder(ensure_parent(pred / "predictions.json", "predictions").parent, "predictions")
+
+
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Load, evaluate, time; returns the DESIGN.md §4 metrics dict (also written to ``--out``)."""
     import torch
@@ -119,6 +147,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from mtkd.eval.evaluate import evaluate_model
     from mtkd.eval.speed import count_flops, count_params, file_size_mb, measure_latency, measure_throughput
     from mtkd.models import load_model
+    from mtkd.models.trust import trust_from_args
 
     for flag, v, lo in (("--batch", args.batch, 1), ("--workers", args.workers, 0), ("--samples", args.samples, 0),
                         ("--speed-iters", args.speed_iters, 1)):
@@ -138,7 +167,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     data_yaml = _data_yaml(args.data, config, weights)
     spec = load_data_yaml(data_yaml)
     imgsz = args.imgsz or int(config.get("imgsz") or DEFAULT_IMGSZ)
-    model = load_model(ckpt)
+    model = load_model(ckpt, trust_code=trust_from_args(args.trust_code), where=str(weights))
     loader = build_dataloader(spec, args.split, imgsz=imgsz, batch=args.batch, workers=args.workers,
                               augment=False, shuffle=False)
     metrics = evaluate_model(model, loader, spec=spec, device=device, conf=args.conf, iou=args.iou,
@@ -175,11 +204,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    check_outputs(args)
     metrics = run_eval(args)
     print(format_table(metrics))
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2))
+        path = write_text(args.out, json.dumps(metrics, indent=2), what="metrics JSON")
         print(f"metrics written to {path}")
     return 0

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mtkd.eval.dist import gather_objects
+from mtkd.utils.atomic import write_text
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 # COCOeval.stats order (first 12 entries, both backends)
@@ -199,15 +200,16 @@ class DetectionEvaluator:
     def save_json(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``out_dir/predictions.json`` (COCO results) and ``out_dir/ground_truth.json`` (COCO GT).
 
-        After ``evaluate()`` this reuses what was evaluated (no communication, so under DDP rank 0 alone may
-        call it); before, it gathers from all ranks, so every rank must call it.
+        Each file is written atomically (``mtkd.utils.atomic``): a failed write raises ``OutputError`` naming
+        the file and keeps the previous one. After ``evaluate()`` this reuses what was evaluated (no
+        communication, so under DDP rank 0 alone may call it); before, it gathers from all ranks, so every rank
+        must call it.
         """
         gt, results = self._coco if self._coco is not None else self.coco_json()
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         paths = out / "predictions.json", out / "ground_truth.json"
-        paths[0].write_text(json.dumps(results))
-        paths[1].write_text(json.dumps(gt))
+        write_text(paths[0], json.dumps(results), what="predictions JSON")
+        write_text(paths[1], json.dumps(gt), what="ground-truth JSON")
         return paths
 
     def evaluate(self) -> dict[str, dict[str, Any]]:

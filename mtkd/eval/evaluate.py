@@ -26,6 +26,7 @@ from mtkd.errors import CompatibilityError
 from mtkd.eval.detection import DetectionEvaluator
 from mtkd.eval.dist import gather_objects, rank_and_world
 from mtkd.eval.segmentation import SegmentationEvaluator
+from mtkd.utils.atomic import write_bytes
 
 N_SAMPLES = 4  # sample overlays written with save_predictions (the report shows them)
 SAMPLE_CONF = 0.25  # score threshold of the boxes drawn on sample overlays (not used for mAP)
@@ -246,10 +247,9 @@ def _save_sample(out_dir: Path, batch: dict[str, Any], i: int, lb: Letterbox, pr
         gt_mask = F.interpolate(m, size=(lb.h0, lb.w0), mode="nearest")[0, 0].long().cpu().numpy()
         sel = batch["batch_idx"] == i
         gt_boxes, gt_labels = lb.boxes_to_original(batch["boxes"][sel]).numpy(), batch["labels"][sel].numpy()
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(str(batch["paths"][i])).stem
     common = dict(det_names=list(spec.det_names), ignore_index=spec.ignore_index)
-    (out_dir / f"{stem}_gt.png").write_bytes(draw_sample(
+    write_bytes(out_dir / f"{stem}_gt.png", what="sample overlay", data=draw_sample(
         np.asarray(image), boxes=np.asarray(gt_boxes), labels=np.asarray(gt_labels), mask=np.asarray(gt_mask),
         **common))
     kw: dict[str, Any] = {}
@@ -258,7 +258,7 @@ def _save_sample(out_dir: Path, batch: dict[str, Any], i: int, lb: Letterbox, pr
         keep = scores >= SAMPLE_CONF
         kw = dict(boxes=np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)[keep],
                   labels=np.asarray(pred["labels"]).reshape(-1)[keep], scores=scores[keep])
-    (out_dir / f"{stem}.png").write_bytes(draw_sample(
+    write_bytes(out_dir / f"{stem}.png", what="sample overlay", data=draw_sample(
         np.asarray(image), mask=None if mask is None else mask.cpu().numpy(), **kw, **common))
 
 

@@ -9,14 +9,25 @@ needs: class names, image size, output names and shapes, head kind, strides, anc
 
 Exporter: torch 2.14's default ``torch.onnx.export(dynamo=True)`` needs ``onnxscript``, which is not a
 dependency of mtkd, so the TorchScript-based exporter (``dynamo=False``) is used; it supports ``dynamic_axes``
-(the batch axis is dynamic by default) and opsets up to 20. Only the model is exported: connectors and
-teachers are not part of a safe checkpoint.
+(the batch axis is dynamic by default). Opsets ``MIN_OPSET``..``MAX_OPSET`` (11..20) are accepted: torch's
+TorchScript exporter stops at 20; below 9 it cannot export the resize of the segmentation head, and at 9-10
+it exports ``Upsample``, which torch warns may not match PyTorch's interpolation (``Resize`` from opset 11
+does). Only the model is exported: connectors and teachers are not part of a safe checkpoint.
+
+Writes are atomic and keep the ONNX file and its model card consistent: the graph is exported into memory
+first, then the card is written to a temp file, the ONNX file replaces the old one (``mtkd.utils.atomic``)
+and the card replaces the old card last. A failed export or write leaves the previous ``<out>`` and
+``<out>.json`` both untouched (``OutputError`` for a file-system error). In the one case where the new ONNX
+file is in place but its card cannot be put beside it, the stale card is deleted (never left describing
+another graph) and the ``OutputError`` says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -26,10 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtkd.errors import ConfigError
+from mtkd.errors import ConfigError, OutputError
 from mtkd.export.flat import FlatOutputs, format_diffs
+from mtkd.utils.atomic import atomic_write, describe_os_error, ensure_parent, write_bytes
 
 DEFAULT_IMGSZ = 640
+DEFAULT_OPSET = 17
+MIN_OPSET = 11  # 7-8: the seg head's resize cannot be exported; 9-10: Upsample may not match PyTorch (torch warns)
+MAX_OPSET = 20  # torch 2.14: torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
 
 
 def _check_imgsz(imgsz: int) -> None:
@@ -37,23 +52,87 @@ def _check_imgsz(imgsz: int) -> None:
         raise ConfigError(f"imgsz: expected a positive multiple of 32, got {imgsz}")
 
 
+def _check_opset(opset: int, name: str = "opset") -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"{name}: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET} (the range mtkd models "
+                          f"export with torch's TorchScript exporter), got {opset}")
+
+
+def card_path(out: str | Path) -> Path:
+    """The model card written beside ``out``: ``<out>.json``."""
+    return Path(f"{out}.json")
+
+
+def _check_out(out: Path) -> None:
+    """``OutputError`` before any work when ``out`` or its card path is a directory or its folder is unusable."""
+    folder = ensure_parent(out, "ONNX model").parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: cannot write the ONNX model there (permission denied)")
+    if card_path(out).is_dir():
+        raise OutputError(f"{card_path(out)}: model card path is an existing directory; expected a file path")
+
+
+class _OnnxWriteFailed(Exception):
+    """Carries the ``OutputError`` of the ONNX write out of the card's ``atomic_write`` block (which then just
+    discards the card's temp file)."""
+
+
+def _write_onnx_and_card(out: Path, onnx_bytes: bytes, card: dict[str, Any]) -> None:
+    """Put ``onnx_bytes`` at ``out`` and ``card`` at ``<out>.json`` so that they stay a consistent pair.
+
+    The card is written to a temp file first; the ONNX file replaces the old one while that temp file is open
+    (a failure up to here keeps both old files); the card replaces the old card last. Should that last step
+    fail, the stale card is removed (``OutputError`` says so): a card never describes another export.
+    """
+    card_file = card_path(out)
+    onnx_written = False
+    try:
+        with atomic_write(card_file, "w", what="ONNX model card") as f:
+            f.write(json.dumps(card, indent=2))
+            f.flush()
+            try:
+                write_bytes(out, onnx_bytes, what="ONNX model")
+            except OutputError as e:  # an OSError: the card's writer would report it as its own
+                raise _OnnxWriteFailed(e) from None
+            onnx_written = True
+    except _OnnxWriteFailed as e:
+        raise e.args[0] from None
+    except BaseException as e:
+        if not onnx_written:
+            raise
+        try:
+            card_file.unlink(missing_ok=True)
+            fate = f"the stale model card {card_file} was removed"
+        except OSError as e2:
+            fate = f"delete the stale model card {card_file} ({describe_os_error(e2)} removing it)"
+        if not isinstance(e, OutputError):
+            raise
+        cause = e.__context__ if isinstance(e.__context__, OSError) else None
+        reason = describe_os_error(cause) if cause is not None else str(e)
+        raise OutputError(f"{out}: ONNX model written, but its model card could not be written ({reason}); "
+                          f"{fate}") from None
+
+
 def export_onnx(
-    model: nn.Module, out: str | Path, *, imgsz: int, opset: int = 17, dynamic_batch: bool = True
+    model: nn.Module, out: str | Path, *, imgsz: int, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
 ) -> Path:
     """Export ``model`` (a ``MultiTaskAdapter``, eval mode) to ``out`` and write ``<out>.json`` beside it.
 
     Args:
         model: the adapter; it is put in eval mode, float32 and on the CPU (in place) and traced there.
-        out: ONNX file to write (parent folders are created).
+        out: ONNX file to write (parent folders are created); both files are replaced atomically, as a pair
+            (see the module docstring).
         imgsz: square input size ``S`` the graph is traced at (the batch axis may be dynamic, H and W are not).
-        opset: ONNX opset version.
+        opset: ONNX opset version, ``MIN_OPSET``..``MAX_OPSET``.
         dynamic_batch: make axis 0 of the input and of every output dynamic (``"batch"``).
 
-    Returns the ONNX path.
+    Returns the ONNX path. Raises ``ConfigError`` for a bad ``imgsz``/``opset`` and ``OutputError`` when
+    ``out`` cannot be written; the previous files are then untouched.
     """
     _check_imgsz(imgsz)
+    _check_opset(opset)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
     model = model.eval().float().cpu()
     wrapper = FlatOutputs(model).eval()
     example = torch.rand(1, 3, imgsz, imgsz)
@@ -64,10 +143,11 @@ def export_onnx(
     with warnings.catch_warnings():  # the legacy-exporter deprecation notice (see module docstring)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        buffer = io.BytesIO()  # into memory: nothing on disk changes unless the export succeeds
         torch.onnx.export(
             wrapper,
             (example,),
-            str(out),
+            buffer,
             dynamo=False,
             input_names=["images"],
             output_names=names,
@@ -78,7 +158,7 @@ def export_onnx(
     card = model_card(
         model, imgsz=imgsz, output_names=names, output_shapes=shapes, opset=opset, dynamic_batch=dynamic_batch
     )
-    Path(f"{out}.json").write_text(json.dumps(card, indent=2))
+    _write_onnx_and_card(out, buffer.getvalue(), card)
     return out
 
 
@@ -190,6 +270,8 @@ def verify_onnx(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mtkd.models.trust import add_trust_code_argument
+
     p = argparse.ArgumentParser(
         prog="mtkd export",
         description="Export a safe mtkd checkpoint to ONNX (seg + raw det outputs, dynamic batch axis).",
@@ -202,7 +284,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"input size (default: the checkpoint's config imgsz, else {DEFAULT_IMGSZ})",
     )
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
     p.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch; report latencies")
     p.add_argument("--batch", type=int, default=2, help="batch size for --verify (default 2)")
@@ -210,6 +293,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--runs", type=int, default=10, help="timed runs per runtime for --verify (median reported)"
     )
+    add_trust_code_argument(p)
     return p
 
 
@@ -218,17 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mtkd.engine.checkpoint import load_checkpoint
     from mtkd.models import load_model
+    from mtkd.models.trust import trust_from_args
 
     for flag, value in (("--batch", args.batch), ("--runs", args.runs)):
         if value < 1:
             raise ConfigError(f"{flag}: expected a positive integer, got {value}")
+    _check_opset(args.opset, "--opset")
+    _check_out(Path(args.out))
     ckpt = load_checkpoint(args.weights)
     imgsz = args.imgsz
     if imgsz is None:
         cfg_imgsz = (ckpt.get("config") or {}).get("imgsz")
         imgsz = int(cfg_imgsz) if isinstance(cfg_imgsz, (int, float)) else DEFAULT_IMGSZ
     _check_imgsz(imgsz)
-    model = load_model(ckpt)
+    model = load_model(ckpt, trust_code=trust_from_args(args.trust_code), where=str(args.weights))
     path = export_onnx(model, args.out, imgsz=imgsz, opset=args.opset, dynamic_batch=not args.static_batch)
     size_mb = path.stat().st_size / 2**20
     print(

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtkd.utils.atomic import write_bytes
+
 
 @dataclass
 class Image:
@@ -110,8 +112,7 @@ def _md_escape_cell(text: str) -> str:
 
 
 def to_markdown(doc: Document, image_dir: Path, rel: str = "") -> str:
-    """Markdown; every image is written to ``image_dir/<name>`` and referenced as ``rel + name``."""
-    image_dir.mkdir(parents=True, exist_ok=True)
+    """Markdown; every image is written (atomically) to ``image_dir/<name>`` and referenced as ``rel + name``."""
     out = [f"# {doc.title}", ""]
     for b in doc.blocks:
         kind = b[0]
@@ -128,7 +129,7 @@ def to_markdown(doc: Document, image_dir: Path, rel: str = "") -> str:
             out.append("")
         elif kind == "img":
             for im in b[1]:
-                (image_dir / im.name).write_bytes(im.png)
+                write_bytes(image_dir / im.name, im.png, what="report image")
             if len(b[1]) == 1:
                 out += [f"![{b[1][0].caption or b[1][0].name}]({rel}{b[1][0].name})", ""]
             else:  # a row of images as a one-row table so they sit side by side

@@ -37,13 +37,93 @@ class ReportEntry:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A metrics JSON, checked with ``check_metrics``; ``ConfigError`` naming the file (and field) otherwise."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a metrics JSON object (mtkd eval --out), got {type(data).__name__}")
+        raise ConfigError(f"{path}: not an mtkd metrics JSON (expected an object as written by mtkd eval --out, "
+                          f"got a {_json_type(data)})")
+    check_metrics(data, path)
     return data
+
+
+# What the report reads from a metrics JSON (DESIGN.md §4), by section; other keys are kept and ignored.
+SECTIONS = ("model", "det", "seg", "speed", "data", "eval", "artifacts")
+RESULT_SECTIONS = ("det", "seg", "speed")  # a metrics JSON has at least one (a model may lack a task)
+NUMBERS = {
+    "model": ("params", "flops", "size_mb"),
+    "det": ("mAP50_95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
+            "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large", "images", "instances"),
+    "seg": ("mIoU", "pixel_acc", "mAcc", "pixels"),
+    "speed": ("latency_ms_p50", "latency_ms_p90", "latency_ms_mean", "throughput_ips", "throughput_batch",
+              "threads", "batch"),
+    "data": ("images",),
+}  # fmt: skip
+PER_CLASS = {"det": ("per_class_AP50_95", "per_class_AP50"), "seg": ("per_class_IoU",)}
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), "number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def _shown(v: Any) -> str:
+    r = json.dumps(v) if isinstance(v, (str, list, dict, bool)) or v is None else repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_metrics(m: dict[str, Any], path: Path | str) -> None:
+    """``ConfigError`` (one line, naming ``path`` and the field) unless ``m`` is an mtkd metrics dict.
+
+    It must hold at least one of ``det``, ``seg``, ``speed`` (a seg-only model has no ``det``, ``--no-speed``
+    no ``speed``); every section present must be an object and every value the report computes with a
+    number or null (per-class values too; ``seg.confusion_matrix`` a square list of number rows).
+    """
+    if not any(k in m for k in RESULT_SECTIONS):
+        keys = ", ".join(map(repr, list(m)[:5])) + (", ..." if len(m) > 5 else "") or "none"
+        raise ConfigError(f"{path}: not an mtkd metrics JSON (expected 'det', 'seg' and/or 'speed' results as "
+                          f"written by mtkd eval --out; found keys: {keys})")
+    for sec in SECTIONS:
+        v = m.get(sec)
+        if v is not None and not isinstance(v, dict):
+            raise ConfigError(f"{path}: field '{sec}': expected an object, got {_shown(v)}")
+    for sec, keys in NUMBERS.items():
+        for k in keys:
+            v = (m.get(sec) or {}).get(k)
+            if v is not None and not _is_number(v):
+                raise ConfigError(f"{path}: field '{sec}.{k}': expected a number or null, got {_shown(v)}")
+    for sec, keys in PER_CLASS.items():
+        for k in keys:
+            per = (m.get(sec) or {}).get(k)
+            if per is None:
+                continue
+            if not isinstance(per, dict):
+                raise ConfigError(f"{path}: field '{sec}.{k}': expected an object of class name -> number, "
+                                  f"got {_shown(per)}")
+            for name, v in per.items():
+                if v is not None and not _is_number(v):
+                    raise ConfigError(f"{path}: field '{sec}.{k}.{name}': expected a number or null, got {_shown(v)}")
+    seg = m.get("seg") or {}
+    cm = seg.get("confusion_matrix")
+    if cm is not None and not (isinstance(cm, list) and all(
+            isinstance(r, list) and len(r) == len(cm) and all(_is_number(x) for x in r) for r in cm)):
+        raise ConfigError(f"{path}: field 'seg.confusion_matrix': expected a square list of rows of numbers, "
+                          f"got {_shown(cm)}")
+    absent = seg.get("absent_classes")
+    if absent is not None and not (isinstance(absent, list) and all(isinstance(a, str) for a in absent)):
+        raise ConfigError(f"{path}: field 'seg.absent_classes': expected a list of class names, got {_shown(absent)}")
+    pred = (m.get("artifacts") or {}).get("predictions_dir")
+    if pred is not None and not isinstance(pred, str):
+        raise ConfigError(f"{path}: field 'artifacts.predictions_dir': expected a folder path, got {_shown(pred)}")
+    weights = (m.get("model") or {}).get("weights")
+    if weights is not None and not isinstance(weights, str):
+        raise ConfigError(f"{path}: field 'model.weights': expected a file path, got {_shown(weights)}")
 
 
 def read_results_csv(path: Path) -> dict[str, list[float]]:
@@ -92,6 +172,7 @@ def _metrics_from_checkpoint(path: Path) -> dict[str, Any]:
     m = load_checkpoint(path).get("metrics")
     if not isinstance(m, dict) or not ("det" in m or "seg" in m):
         return {}
+    check_metrics(m, f"{path} (stored metrics)")
     model = {"weights": str(path), "size_mb": path.stat().st_size / 2**20, **(m.get("model") or {})}
     return {**m, "model": model}
 

@@ -17,14 +17,17 @@ segmentation confusion matrices (row-normalized), sample predictions side by sid
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mtkd.errors import OutputError
 from mtkd.report import plots
 from mtkd.report.document import Document, Image, to_html, to_markdown
 from mtkd.report.inputs import ReportEntry, load_entries
+from mtkd.utils.atomic import ensure_parent, write_text
 
 METRIC_DEFINITIONS = [
     "**mAP50-95, mAP50, mAP75, AP small/medium/large, AR100**: COCO box metrics with pycocotools definitions "
@@ -239,13 +242,21 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
 
 def write_report(entries: list[ReportEntry], out_dir: str | Path, *, title: str = "mtkd report",
                  max_samples: int = 4) -> tuple[Path, Path]:
-    """Write ``out_dir/report.md`` (+ PNGs) and ``out_dir/report.html``; returns both paths."""
+    """Write ``out_dir/report.md`` (+ PNGs) and ``out_dir/report.html``; returns both paths.
+
+    Every file is written atomically (``mtkd.utils.atomic``): a failed write raises ``OutputError`` naming the
+    path and leaves the previous file there untouched. The document is built before anything is written.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     doc = build_document(entries, title, max_samples)
     md, html = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(doc, out))
-    html.write_text(to_html(doc))
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: the report output is an existing file; expected a folder")
+    ensure_parent(md, "report")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: cannot write the report there (permission denied)")
+    write_text(md, to_markdown(doc, out), what="Markdown report")
+    write_text(html, to_html(doc), what="HTML report")
     return md, html
 
 

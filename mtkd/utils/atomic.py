@@ -83,6 +83,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, what: str = "outp
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OutputError:  # already one line naming its own path (e.g. a nested atomic write)
+        Path(tmp).unlink(missing_ok=True)
+        raise
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write the {what} ({describe_os_error(e)}); the previous file, if any, "

@@ -80,3 +80,148 @@ def test_eval_bad_inputs(checkpoint, tmp_path, capsys):
         main(["--weights", str(bare), "--no-speed"])
     with pytest.raises(ConfigError, match="--batch"):
         main(["--weights", str(weights), "--batch", "0"])
+
+
+# --- output files: atomic writes and one-line errors ---------------------------------------------------------
+
+import os  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+
+from mtkd.errors import OutputError  # noqa: E402
+
+needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """A full disk, for this process: writes beyond ``nbytes`` in any file fail with EFBIG."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+BIG = {"model": {"name": "big"}, "data": {}, "det": {"mAP50": 0.5}, "eval": {"pad": "x" * 200_000}}
+
+
+def test_eval_out_failed_write_keeps_the_previous_metrics(tmp_path, monkeypatch, capsys):
+    import mtkd.eval.cli as cli
+
+    out = tmp_path / "metrics.json"
+    out.write_text('{"old": true}')
+    monkeypatch.setattr(cli, "run_eval", lambda args: BIG)
+    with file_size_limit(64 * 1024), pytest.raises(OutputError, match="metrics.json.*file size limit"):
+        main(["--weights", "w.pt", "--out", str(out)])
+    assert out.read_text() == '{"old": true}' and _leftovers(tmp_path) == []
+    assert main(["--weights", "w.pt", "--out", str(out)]) == 0  # the same write without the limit
+    assert json.loads(out.read_text()) == BIG
+
+
+def test_saved_predictions_failed_write_keeps_the_previous_files(tmp_path):
+    import numpy as np
+
+    from mtkd.eval.detection import DetectionEvaluator
+
+    ev = DetectionEvaluator(["a", "b"])
+    boxes = np.tile(np.array([[1.0, 2.0, 30.0, 40.0]]), (2000, 1))
+    ev.process([{"boxes": boxes, "scores": np.linspace(0.9, 0.1, 2000), "labels": np.zeros(2000, int)}],
+               [{"boxes": boxes[:1], "labels": [0], "image_size": (64, 64)}])
+    for name in ("predictions.json", "ground_truth.json"):
+        (tmp_path / name).write_text("old")
+    with file_size_limit(64 * 1024), pytest.raises(OutputError, match="predictions.json"):
+        ev.save_json(tmp_path)
+    assert [(tmp_path / n).read_text() for n in ("predictions.json", "ground_truth.json")] == ["old", "old"]
+    assert _leftovers(tmp_path) == []
+    pred, gt = ev.save_json(tmp_path / "new")
+    assert len(json.loads(pred.read_text())) == 2000 and json.loads(gt.read_text())["categories"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="file"):  # a file where the folder should be
+        ev.save_json(tmp_path / "file")
+
+
+def test_benchmark_out_failed_write_keeps_the_previous_results(tmp_path, monkeypatch, capsys):
+    import mtkd.engine.benchmark as bench
+
+    res = {"ms": {"student_step": 1.0, "teacher_forward": 1.0, "kd_step": 2.0}, "kd_overhead_ratio": 1.0,
+           "kd_vs_student": 2.0, "dataloader_images_per_s": 1.0, "eval_images_per_s": 1.0, "pad": "x" * 200_000}
+    monkeypatch.setattr(bench, "run_benchmark", lambda args: res)
+    out = tmp_path / "bench.json"
+    out.write_text("old")
+    with file_size_limit(64 * 1024):
+        assert run_command("benchmark", ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(out) in err and "file size limit" in err
+    assert out.read_text() == "old" and _leftovers(tmp_path) == []
+    assert run_command("benchmark", ["--out", str(out)]) == 0 and json.loads(out.read_text()) == res
+    assert run_command("benchmark", ["--out", str(tmp_path)]) == 2  # a folder
+    assert "existing directory" in capsys.readouterr().err
+
+
+def test_eval_output_paths_are_checked_before_evaluating(tmp_path, monkeypatch, capsys):
+    import mtkd.eval.cli as cli
+
+    def must_not_run(args):
+        raise AssertionError("evaluated although the output cannot be written")
+
+    monkeypatch.setattr(cli, "run_eval", must_not_run)
+    assert run_command("eval", ["--weights", "w.pt", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(tmp_path) in err and "existing directory" in err
+    (tmp_path / "file").write_text("keep")
+    assert run_command("eval", ["--weights", "w.pt", "--save-predictions", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "file" in err and "folder" in err
+    assert run_command("eval", ["--weights", "w.pt", "--out", str(tmp_path / "file" / "m.json")]) == 2
+    assert "cannot create" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+@needs_non_root
+@pytest.mark.parametrize("flag", ["--out", "--save-predictions"])
+def test_eval_unwritable_folder_is_one_line(tmp_path, monkeypatch, capsys, flag):
+    import mtkd.eval.cli as cli
+
+    monkeypatch.setattr(cli, "run_eval", lambda args: BIG)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        target = locked / ("metrics.json" if flag == "--out" else "pred")
+        assert run_command("eval", ["--weights", "w.pt", flag, str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and str(locked) in err and "permission denied" in err
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+@needs_non_root
+def test_eval_out_unwritable_at_write_time_is_one_line(tmp_path, monkeypatch, capsys):
+    """The folder turns read-only during the evaluation: the atomic writer still reports one line."""
+    import mtkd.eval.cli as cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "metrics.json").write_text("old")
+
+    def lock_then_return(args):
+        locked.chmod(0o500)
+        return BIG
+
+    monkeypatch.setattr(cli, "run_eval", lock_then_return)
+    try:
+        assert run_command("eval", ["--weights", "w.pt", "--out", str(locked / "metrics.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "metrics.json" in err and "permission denied" in err
+        assert (locked / "metrics.json").read_text() == "old"
+    finally:
+        locked.chmod(0o700)
