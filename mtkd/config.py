@@ -29,12 +29,12 @@ from typing import Any, Union
 import yaml
 
 from mtkd.errors import ConfigError
-from mtkd.losses.schedules import Schedule
+from mtkd.utils.schedules import Schedule
 from mtkd.utils import yaml_load
 from mtkd.utils.atomic import write_text
 from mtkd.utils.suggest import did_you_mean
 
-Schedulable = float | dict  # a number or a schedule mapping {kind, start, end} (mtkd.losses.schedules)
+Schedulable = float | dict  # a number or a schedule mapping {kind, start, end} (mtkd.utils.schedules)
 
 
 def _m(help_: str, *, range_: tuple | None = None, choices: tuple | None = None, check=None) -> dict:

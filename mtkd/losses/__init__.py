@@ -17,7 +17,7 @@ from mtkd.losses.feature_kd import (
     SPLoss,
 )
 from mtkd.losses.logit_kd import channel_wise_kl, det_logit_kd, seg_cwd, seg_kl
-from mtkd.losses.schedules import Schedule
+from mtkd.utils.schedules import Schedule
 
 __all__ = [
     "ATLoss",

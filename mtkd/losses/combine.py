@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from mtkd.errors import CompatibilityError, ConfigError
 from mtkd.losses.feature_kd import FeatureDistiller
 from mtkd.losses.logit_kd import det_logit_kd, seg_cwd, seg_kl, zero_like
-from mtkd.losses.schedules import Schedule, did_you_mean
+from mtkd.utils.schedules import Schedule, did_you_mean
 from mtkd.models.outputs import MultiTaskOutput
 
 #: Main terms, always present in the result of ``DistillLoss.forward`` and ``plain_loss``.

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from mtkd.errors import CompatibilityError, ConfigError
 from mtkd.losses.connectors import Connector
 from mtkd.losses.logit_kd import channel_wise_kl, resize_like
-from mtkd.losses.schedules import did_you_mean
+from mtkd.utils.schedules import did_you_mean
 
 
 class FitNetLoss(nn.Module):

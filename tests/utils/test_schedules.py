@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mtkd.errors import ConfigError
-from mtkd.losses.schedules import Schedule
+from mtkd.utils.schedules import Schedule
 
 
 @pytest.mark.parametrize(
