@@ -11,19 +11,20 @@ with a one-line error, and the marker file must never appear. The legitimate gen
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from mtkd.checkpoint import load_checkpoint, save_checkpoint
 from mtkd.cli import run_command
-from mtkd.config import build_config
-from mtkd.engine.checkpoint import save_checkpoint
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models import build_from_arch, build_model, load_model, model_state
 
 HERE = Path(__file__).resolve().parent
 TOYS = HERE / "models" / "adapters"
+CONFIG = HERE.parent / "configs" / "shapes_student.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -45,33 +46,44 @@ def _ultralytics_payload(marker: Path) -> dict:
     return {"arch": arch, "state_dict": model_state(model)["state_dict"]}
 
 
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, data) -> Path:
+    """A real 1-epoch run of 2: its last.pt holds a well-formed, resumable training state."""
+    project = tmp_path_factory.mktemp("victim_runs")
+    rc = run_command("train", [str(CONFIG), f"data={data}", "imgsz=64", "epochs=2", "batch=2", "workers=0",
+                               "tensorboard=false", f"project={project}", "name=victim", "eval_every=1000"])
+    assert rc == 0
+    ckpt = load_checkpoint(project / "victim" / "weights" / "last.pt")
+    ckpt["train"]["epoch"] = 1  # as if stopped after the first of two epochs
+    return save_checkpoint(ckpt, project / "victim" / "weights" / "last.pt")
+
+
 @pytest.fixture(scope="module", params=["generic", "ultralytics"])
-def payload(request, tmp_path_factory, data) -> tuple[Path, Path]:
-    """``(checkpoint path, marker path)``; the checkpoint also holds a resumable training state."""
+def payload(request, tmp_path_factory, real_run) -> tuple[Path, Path]:
+    """``(checkpoint path, marker path)``: a real run's last.pt (resumable) whose model is the payload."""
     folder = tmp_path_factory.mktemp(f"payload_{request.param}")
     marker = folder / "PWNED"
     if request.param == "generic":
         model = {"arch": _generic_payload(marker), "state_dict": {}}
     else:
         model = _ultralytics_payload(marker)
-    config = build_config({"data": str(data), "imgsz": 64, "epochs": 2, "project": str(folder / "runs"),
-                           "name": "victim", "workers": 0}).to_dict()
-    ckpt = {"model": model, "names": {"det": [], "seg": ["a", "b"]}, "config": config,
-            "train": {"epoch": 0, "optimizer": {"state": {}, "param_groups": []}}}
-    path = save_checkpoint(ckpt, folder / "runs" / "victim" / "weights" / "last.pt")
+    ckpt = {**load_checkpoint(real_run), "model": model}
+    run = folder / "runs" / "victim"
+    shutil.copytree(real_run.parent.parent, run)
+    path = save_checkpoint(ckpt, run / "weights" / "last.pt")
     torch.load(path, weights_only=True)  # the premise: the file is "safe" at the pickle level
     assert not marker.exists()
     return path, marker
 
 
 def _commands(ckpt: Path, data: Path, out: Path) -> dict[str, list[str]]:
-    common = [str(HERE.parent / "configs" / "shapes_student.yaml"), f"data={data}", "imgsz=64", "epochs=1", "workers=0", "batch=2", "tensorboard=false",
+    common = [str(CONFIG), f"data={data}", "imgsz=64", "epochs=1", "workers=0", "batch=2", "tensorboard=false",
               f"project={out / 'runs'}"]
     return {
         "eval": ["eval", "--weights", str(ckpt), "--data", str(data), "--no-speed", "--quiet", "--workers", "0"],
         "train_teacher": ["train", *common, "name=t", f"teacher={ckpt}"],
         "train_student": ["train", *common, "name=s", f"student={ckpt}"],
-        "train_resume": ["train", str(HERE.parent / "configs" / "shapes_student.yaml"), f"resume={ckpt}"],
+        "train_resume": ["train", str(ckpt.parent.parent / "config.yaml"), f"resume={ckpt}"],
         "prune": ["prune", "--weights", str(ckpt), "--ratio", "0.3", "--out", str(out / "pruned.pt")],
         "export": ["export", "--weights", str(ckpt), "--out", str(out / "model.onnx")],
         "convert": ["convert", str(ckpt), "--out", str(out / "converted.pt")],

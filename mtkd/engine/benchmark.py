@@ -72,13 +72,12 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> Any:
         cfg = cfg.replace(data=str(make_shapes(tmp / "shapes", n_train=64, n_val=16, size=cfg.imgsz, seed=0)))
     teacher = args.teacher
     if teacher is None:
-        from mtkd.engine.checkpoint import save_checkpoint
-        from mtkd.models import build_model, model_state
+        from mtkd.checkpoint import save_model
+        from mtkd.models import build_model
 
         spec = load_data_yaml(cfg.data)
         t = build_model(args.teacher_model, det_names=spec.det_names, seg_names=spec.seg_names, head=cfg.head)
-        teacher = str(save_checkpoint({"model": model_state(t), "names": {"det": spec.det_names,
-                                       "seg": spec.seg_names}, "config": {}}, tmp / "teacher.pt"))
+        teacher = str(save_model(tmp / "teacher.pt", t))
     return cfg.replace(teacher=teacher)
 
 

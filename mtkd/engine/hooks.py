@@ -22,7 +22,8 @@ class HookBase:
         """After the optimizer step; ``trainer.last_terms`` holds the step's detached loss terms."""
 
     def after_epoch(self) -> None:
-        """After evaluation and checkpointing of ``trainer.epoch``."""
+        """After checkpointing and evaluation of ``trainer.epoch`` (``last.pt``, ``best.pt``, ``results.csv``
+        written). Not called for an evaluation that a resume re-runs because the run was killed during it."""
 
     def after_train(self) -> None:
         """After the last epoch (not called when training stops with an error or an interrupt)."""

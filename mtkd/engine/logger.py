@@ -5,24 +5,29 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from mtkd.utils.atomic import atomic_write
 
 
 class ResultsCSV:
     """``results.csv`` with one row per epoch and every term/metric as a column.
 
-    The whole file is rewritten atomically (temp file + ``os.replace``) after each epoch, so a crash never
-    leaves a torn file; a column that first appears in a later epoch extends the header (earlier rows get an
-    empty cell). ``truncate(epoch)`` keeps only rows with ``epoch <= epoch`` (used on resume).
+    The whole file is rewritten through the atomic writer (``mtkd.utils.atomic``) after each change, so a crash
+    never leaves a torn file and a full disk raises a one-line ``OutputError``; a column that first appears in a
+    later epoch extends the header (earlier rows get an empty cell). The trainer keeps the rows in
+    ``weights/last.pt`` as well and calls ``replace(rows)`` on resume, so rows of finished epochs survive a
+    kill between the checkpoint and the CSV. ``truncate(epoch)`` keeps only rows with ``epoch <= epoch``.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, rows: list[Mapping[str, Any]] | None = None) -> None:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
-        if self.path.is_file():
+        if rows is not None:
+            self.rows = [dict(r) for r in rows]
+        elif self.path.is_file():
             with self.path.open(newline="") as f:
                 self.rows = [{k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
 
@@ -34,6 +39,11 @@ class ResultsCSV:
         self.rows.append(dict(row))
         self._write()
 
+    def replace(self, rows: list[Mapping[str, Any]]) -> None:
+        """Rewrite the file with exactly ``rows``."""
+        self.rows = [dict(r) for r in rows]
+        self._write()
+
     def _write(self) -> None:
         header: list[str] = []
         for r in self.rows:
@@ -43,12 +53,8 @@ class ResultsCSV:
         w.writeheader()
         for r in self.rows:
             w.writerow({k: _fmt(v) for k, v in r.items()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".csv", dir=self.path.parent)
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_write(self.path, "w", what="results CSV", newline="") as f:
             f.write(buf.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
 
 
 def _fmt(v: Any) -> Any:

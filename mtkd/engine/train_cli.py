@@ -19,7 +19,8 @@ overrides (key=value, values parsed as YAML; nested keys with dots):
   amp=off|bf16|fp16 ema=true eval_every=1 patience=0  lr=0.001 (= optim.lr) optimizer=adamw|sgd
   distill.feat_kd.names=[p3,p4,p5] distill.feat_kd.kind=fitnet distill.feat_kd.weight=1.0
   alpha_seg='{kind: linear, start: 0.9, end: 0.3}'  (schedules for temperature / alphas)
-run dir: {project}/{name}/ with config.yaml, results.csv, weights/last.pt, weights/best.pt
+run dir: {project}/{name}/ with config.yaml, results.csv, weights/last.pt, weights/best.pt; one run at a time
+(a second run into the same folder is refused; a folder with files but no last.pt needs exist_ok=true)
 Ctrl-C saves a resumable weights/last.pt (exit code 130); continue with resume=true."""
 
 
@@ -47,5 +48,6 @@ def main(argv: list[str]) -> int:
         main_rank = dist.is_main()
         dist.cleanup()
     if main_rank:
-        print(f"done: {run_dir} (weights/best.pt, weights/last.pt, results.csv)")
+        made = [f for f in ("weights/best.pt", "weights/last.pt", "results.csv") if (run_dir / f).is_file()]
+        print(f"done: {run_dir} ({', '.join(made) or 'no files written'})")
     return 0

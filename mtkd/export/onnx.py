@@ -300,7 +300,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``mtkd export --weights W --out model.onnx [--imgsz S] [--verify]``; exit 1 when --verify fails."""
     args = _parser().parse_args(argv)
-    from mtkd.engine.checkpoint import load_checkpoint
+    from mtkd.checkpoint import load_checkpoint
     from mtkd.models import load_model
     from mtkd.models.trust import trust_from_args
 

@@ -19,7 +19,7 @@ from typing import Any
 _LAZY = {
     "build_model": "mtkd.models.build",
     "build_from_arch": "mtkd.models.build",
-    "model_state": "mtkd.models.build",
+    "model_state": "mtkd.checkpoint",
     "load_model": "mtkd.models.build",
     "check_compatible": "mtkd.models.compat",
     "postprocess_det": "mtkd.models.postprocess",

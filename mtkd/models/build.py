@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtkd.checkpoint import load_checkpoint
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models.adapters.base import MultiTaskAdapter
 from mtkd.models.trust import TrustCode
@@ -117,20 +118,6 @@ def build_from_arch(
     return module.from_arch(dict(arch), trust_code=trust_code, where=where)
 
 
-def model_state(model: nn.Module) -> dict[str, Any]:
-    """``{"arch": model.arch(), "state_dict": {name: tensor}}`` for ``save_checkpoint(..., {"model": ...})``.
-
-    Tensors are detached CPU copies; a DDP-wrapped model is unwrapped.
-    """
-    model = getattr(model, "module", model)
-    if not isinstance(model, MultiTaskAdapter):
-        raise TypeError(f"model_state: expected a MultiTaskAdapter, got {type(model).__name__}")
-    return {
-        "arch": model.arch(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
-
-
 def load_state_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint"
 ) -> None:
@@ -167,7 +154,6 @@ def load_model(
     ``trust_code`` does not allow, the arch is unknown or malformed, or the state_dict does not fit the arch
     (naming the first mismatching key and both shapes).
     """
-    from mtkd.engine.checkpoint import load_checkpoint
 
     if isinstance(path_or_ckpt, Mapping):
         ckpt, where = dict(path_or_ckpt), where or "checkpoint"

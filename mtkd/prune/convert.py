@@ -86,8 +86,8 @@ def convert_module(
     Returns ``{"out": Path, "params": int, "max_abs_diff": {output: float} or None}``. Raises
     ``VerificationError`` when the rebuilt model's outputs differ by more than ``tol`` (the file is removed).
     """
-    from mtkd.engine.checkpoint import save_checkpoint
-    from mtkd.models import load_model, model_state
+    from mtkd.checkpoint import save_model
+    from mtkd.models import load_model
 
     model = getattr(model, "module", model)
     if not isinstance(model, MultiTaskAdapter):
@@ -100,15 +100,7 @@ def convert_module(
     metrics = {
         "convert": {"source": source or "python", "type": f"{type(model).__module__}.{type(model).__name__}"}
     }
-    save_checkpoint(
-        {
-            "model": model_state(model),
-            "names": {"det": list(model.det_names), "seg": list(model.seg_names)},
-            "config": dict(config or {}),
-            "metrics": metrics,
-        },
-        out,
-    )
+    save_model(out, model, config=config, metrics=metrics)
     # weights_only=True: the proof that the file is safe and complete; it may import only the generic targets the
     # caller's live model was built from (already imported in this process)
     rebuilt = load_model(out, trust_code=arch_targets(model.arch()))

@@ -272,8 +272,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``mtkd prune --weights W --ratio R --out pruned.pt``; prints params and MACs before/after."""
     args = _parser().parse_args(argv)
-    from mtkd.engine.checkpoint import load_checkpoint, save_checkpoint
-    from mtkd.models import load_model, model_state
+    from mtkd.checkpoint import load_checkpoint, save_model
+    from mtkd.models import load_model
     from mtkd.models.trust import trust_from_args
 
     if args.ratio is not None and not 0.0 < args.ratio < 1.0:
@@ -314,15 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "macs_after": macs1,
     }
     metrics = {**(ckpt.get("metrics") or {}), "prune": record}
-    save_checkpoint(
-        {
-            "model": model_state(model),
-            "names": {"det": list(model.det_names), "seg": list(model.seg_names)},
-            "config": config,
-            "metrics": metrics,
-        },
-        args.out,
-    )
+    save_model(args.out, model, config=config, metrics=metrics)
     print(f"{'':8}{'params':>12}{f'MACs@{imgsz}':>14}")
     print(f"{'before':8}{_fmt(params0):>12}{_fmt(macs0):>14}")
     print(f"{'after':8}{_fmt(params1):>12}{_fmt(macs1):>14}")

@@ -167,7 +167,7 @@ def _samples_from_metrics(metrics: dict[str, Any], base: Path) -> Path | None:
 
 def _metrics_from_checkpoint(path: Path) -> dict[str, Any]:
     """The validation metrics a training checkpoint stores (no speed/params; size and path are added)."""
-    from mtkd.engine.checkpoint import load_checkpoint
+    from mtkd.checkpoint import load_checkpoint
 
     m = load_checkpoint(path).get("metrics")
     if not isinstance(m, dict) or not ("det" in m or "seg" in m):

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
+from mtkd.checkpoint import load_checkpoint, save_checkpoint
 from mtkd.config import load_config
-from mtkd.engine.checkpoint import load_checkpoint, save_checkpoint
 from mtkd.engine.hooks import HookBase
 from mtkd.engine.trainer import Trainer, TrainingInterrupted
 from mtkd.errors import ConfigError, MtkdError
@@ -100,7 +100,17 @@ def _assert_same_tensors(a, b, where=""):
         assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), where
 
 
-def test_resume_is_bitwise_identical(base_overrides):
+@pytest.fixture
+def sigint_handled():
+    """SIGINT handled by Python's default handler for the test, also when pytest runs with SIGINT ignored
+    (``nohup``, a background job), so a sent SIGINT reaches the trainer; the previous handler is put back."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_resume_is_bitwise_identical(base_overrides, sigint_handled):
     """4 epochs straight == 2 epochs, kill, resume, Ctrl-C in the middle of epoch 3, resume again."""
     common = [*base_overrides, "epochs=4", "lr=0.01", "warmup_epochs=1"]  # 2 steps per epoch
     ref = _train([*common, "name=ref"])
@@ -111,11 +121,12 @@ def test_resume_is_bitwise_identical(base_overrides):
     assert (st["epoch"], st["step"]) == (2, 0)
     assert len(_rows(ref.parent / "cut" / "results.csv")) == 2
 
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="epoch 3 step 1/2"):
         _train([*common, "name=cut", "resume=true"], hooks=[_Sigint(epoch=3, step=1)])
     st = _state(ref.parent / "cut")["train"]
     assert (st["epoch"], st["step"]) == (2, 1)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the handler in effect before fit() is back
 
     cut = _train([*common, "name=cut", "resume=true"])
     a, b = _state(ref), _state(cut)
@@ -132,6 +143,38 @@ def test_resume_is_bitwise_identical(base_overrides):
         _train([*common, "name=cut", "resume=true"])
     with pytest.raises(ConfigError, match="'optim'"):
         _train([*common, "name=cut", "resume=true", "lr=0.1", "epochs=5"])
+
+
+class _SeeHandler(HookBase):
+    def after_step(self) -> None:
+        self.during = signal.getsignal(signal.SIGINT)
+
+
+def _handler(signum, frame):
+    raise AssertionError("the trainer must not call the previous handler")
+
+
+@pytest.mark.parametrize("previous", [signal.SIG_IGN, _handler], ids=["ignored", "custom"])
+def test_fit_restores_the_sigint_handler_it_found(base_overrides, previous):
+    """Under nohup / a background job SIGINT is ignored: fit() installs no Ctrl-C handler there (a SIGINT stays
+    ignored and the run completes); any other handler is replaced during fit() and put back exactly."""
+    saved = signal.signal(signal.SIGINT, previous)
+    try:
+        see, kick = _SeeHandler(), _Sigint(epoch=1, step=1)
+        over = [*base_overrides, "name=sig", "epochs=1", "batch=4", "exist_ok=true"]
+        if previous is signal.SIG_IGN:
+            try:
+                run = _train(over, hooks=[see, kick])  # the SIGINT sent after step 1 is ignored
+            except KeyboardInterrupt:
+                pytest.fail("fit() installed a Ctrl-C handler although SIGINT was ignored")
+            assert see.during is signal.SIG_IGN
+            assert load_checkpoint(run / "weights" / "last.pt")["train"]["epoch"] == 1
+        else:
+            _train(over, hooks=[see])
+            assert see.during is not previous and see.during is not signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is previous
+    finally:
+        signal.signal(signal.SIGINT, saved if saved is not None else signal.default_int_handler)
 
 
 class _NanAt(HookBase):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import mtkd.export.onnx as onnx_export
+from mtkd.checkpoint import save_checkpoint
 from mtkd.cli import run_command
-from mtkd.engine.checkpoint import save_checkpoint
 from mtkd.errors import ConfigError, OutputError
 from mtkd.export.onnx import MAX_OPSET, MIN_OPSET, export_onnx, verify_onnx
 from mtkd.models import build_model, model_state

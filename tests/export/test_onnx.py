@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mtkd.engine.checkpoint import save_checkpoint
+from mtkd.checkpoint import save_checkpoint
 from mtkd.errors import ConfigError
 from mtkd.export.onnx import export_onnx, main, verify_onnx
 from mtkd.models import build_model, model_state

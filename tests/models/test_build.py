@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mtkd.engine.checkpoint import save_checkpoint
+from mtkd.checkpoint import save_checkpoint
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models import build_from_arch, build_model, load_model, model_state
 

@@ -11,8 +11,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from mtkd.checkpoint import save_checkpoint
 from mtkd.cli import run_command
-from mtkd.engine.checkpoint import save_checkpoint
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.models import build_model, load_model, model_state
 from mtkd.prune.convert import compare_models, convert_file, convert_module, main

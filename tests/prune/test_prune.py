@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from mtkd.checkpoint import save_checkpoint
 from mtkd.cli import run_command
-from mtkd.engine.checkpoint import save_checkpoint
 from mtkd.errors import ConfigError
 from mtkd.models import build_model, load_model, model_state
 from mtkd.models.adapters.base import MultiTaskAdapter
