@@ -141,9 +141,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Load, evaluate, time; returns the DESIGN.md §4 metrics dict (also written to ``--out``)."""
     import torch
 
+    from mtkd.checkpoint import load_checkpoint
     from mtkd.data.build import build_dataloader
     from mtkd.data.descriptor import load_data_yaml
-    from mtkd.engine.checkpoint import load_checkpoint
     from mtkd.eval.evaluate import evaluate_model
     from mtkd.eval.speed import count_flops, count_params, file_size_mb, measure_latency, measure_throughput
     from mtkd.models import load_model

@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtkd.eval.dist import gather_objects
+from mtkd.eval.batch import target
+from mtkd.eval.dist import gather_objects, rank_and_world
+from mtkd.eval.evaluator import DatasetEvaluator
+from mtkd.eval.outputs import EvalOutputs
 from mtkd.utils.atomic import write_text
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
@@ -87,7 +90,9 @@ def to_coco_json(
     images, anns, results = [], [], []
     for img_id, r in enumerate(records, start=1):
         images.append({"id": img_id, "width": r["width"], "height": r["height"], "file_name": r["file_name"]})
-        for box, lab in zip(np.asarray(r["gt_boxes"], np.float64).tolist(), np.asarray(r["gt_labels"]).tolist()):
+        for box, lab in zip(
+            np.asarray(r["gt_boxes"], np.float64).tolist(), np.asarray(r["gt_labels"]).tolist()
+        ):
             if not 0 <= lab < nc:
                 raise ValueError(f"ground-truth label {lab} outside [0, {nc}) for image {r['file_name']!r}")
             xywh = _xywh(box)
@@ -95,12 +100,16 @@ def to_coco_json(
                 "id": len(anns) + 1, "image_id": img_id, "category_id": int(lab) + 1,
                 "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0,
             })  # fmt: skip
-        dets = (np.asarray(r[k], dt).tolist() for k, dt in (("boxes", np.float64), ("scores", np.float64),
-                                                            ("labels", np.int64)))
+        dets = (
+            np.asarray(r[k], dt).tolist()
+            for k, dt in (("boxes", np.float64), ("scores", np.float64), ("labels", np.int64))
+        )
         for box, score, lab in zip(*dets):
             if not 0 <= lab < nc:
                 raise ValueError(f"predicted label {lab} outside [0, {nc})")
-            results.append({"image_id": img_id, "category_id": int(lab) + 1, "bbox": _xywh(box), "score": score})
+            results.append(
+                {"image_id": img_id, "category_id": int(lab) + 1, "bbox": _xywh(box), "score": score}
+            )
     categories = [{"id": i + 1, "name": str(n)} for i, n in enumerate(class_names)]
     return {"images": images, "annotations": anns, "categories": categories}, results
 
@@ -137,7 +146,11 @@ def coco_eval(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = 
             coco_dt = coco_gt.loadRes([dict(r) for r in results])
         else:
             coco_dt = COCO()
-            coco_dt.dataset = {"images": list(gt["images"]), "annotations": [], "categories": gt["categories"]}
+            coco_dt.dataset = {
+                "images": list(gt["images"]),
+                "annotations": [],
+                "categories": gt["categories"],
+            }
             coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.evaluate()
@@ -146,23 +159,34 @@ def coco_eval(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = 
     return ev
 
 
-class DetectionEvaluator:
-    """COCO mAP over a dataset: ``reset()``, ``process(preds, targets)`` per batch, ``evaluate()`` at the end.
+class DetectionEvaluator(DatasetEvaluator):
+    """COCO mAP over a dataset: ``reset()``, ``process(batch, outputs)`` per batch, ``evaluate()`` at the end.
 
+    ``process`` scores the detections of ``outputs`` (original pixels) against the ground truth of ``batch``
+    (original pixels, ``mtkd.eval.batch.target``); ``add(preds, targets)`` takes already-decoded images.
     Under DDP (``torch.distributed`` initialized) ``evaluate()`` all-gathers the per-image records of every
     rank (in rank order) and **every rank** computes the same metrics, so all ranks can use them (e.g. for
-    best-checkpoint selection). Each rank must process disjoint images (see ``evaluate_model``).
+    best-checkpoint selection). Each rank must process disjoint images (see ``inference_on_dataset``).
 
     Args:
         class_names: detection class names (index = label).
         backend: ``"faster_coco_eval"`` (default) or ``"pycocotools"``.
+        output_dir: when set, ``evaluate()`` also writes ``predictions.json`` and ``ground_truth.json`` there
+            (rank 0, ``save_json``).
     """
 
-    def __init__(self, class_names: Sequence[str], *, backend: str = "faster_coco_eval") -> None:
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        *,
+        backend: str = "faster_coco_eval",
+        output_dir: str | os.PathLike | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.class_names = [str(n) for n in class_names]
         self.backend = backend
+        self.output_dir = output_dir
         self._records: list[dict[str, Any]] = []
         self._coco: tuple[dict[str, Any], list[dict[str, Any]]] | None = None  # set by evaluate()
 
@@ -170,8 +194,14 @@ class DetectionEvaluator:
         self._records = []
         self._coco = None
 
-    def process(self, preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]) -> None:
-        """Add one batch.
+    def process(self, batch: dict[str, Any], outputs: EvalOutputs) -> None:
+        """Add the first ``batch["n_real"]`` images: ``outputs.det(i)`` against ``target(batch, i)`` (see
+        ``DatasetEvaluator.process`` for the shapes)."""
+        n = batch["n_real"]
+        self.add([outputs.det(i) for i in range(n)], [target(batch, i) for i in range(n)])
+
+    def add(self, preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]) -> None:
+        """Add decoded images.
 
         Args:
             preds: per image ``{"boxes": [N, 4] xyxy pixels, "scores": [N], "labels": [N] int}``
@@ -216,13 +246,19 @@ class DetectionEvaluator:
         """Returns ``{"det": {...}}`` with ``mAP50_95, mAP50, mAP75, mAP_small, mAP_medium, mAP_large, AR1,
         AR10, AR100, AR_small, AR_medium, AR_large`` (fractions or ``None``), ``per_class_AP50_95`` and
         ``per_class_AP50`` (``{name: value or None}``; ``None`` = class has no ground truth), ``images`` and
-        ``instances`` (ground-truth boxes)."""
+        ``instances`` (ground-truth boxes). Writes the COCO files to ``output_dir`` (rank 0) when set."""
         gt, results = self._coco = self.coco_json()
+        metrics = {"det": self._metrics(gt, results)}
+        if self.output_dir is not None and rank_and_world()[0] == 0:
+            self.save_json(self.output_dir)
+        return metrics
+
+    def _metrics(self, gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
         names = self.class_names
         if not gt["images"]:
             out: dict[str, Any] = dict.fromkeys(_STAT_KEYS)
             out.update(per_class_AP50_95=dict.fromkeys(names), per_class_AP50=dict.fromkeys(names))
-            return {"det": {**out, "images": 0, "instances": 0}}
+            return {**out, "images": 0, "instances": 0}
         ev = coco_eval(gt, results, self.backend)
         stats = [float(s) for s in np.asarray(ev.stats)[: len(_STAT_KEYS)]]
         out = {k: _none_if_neg(v) for k, v in zip(_STAT_KEYS, stats)}
@@ -235,4 +271,4 @@ class DetectionEvaluator:
             ap[name] = _mean_valid(prec[:, :, k, 0, -1])
             ap50[name] = _mean_valid(prec[0, :, k, 0, -1])
         out.update(per_class_AP50_95=ap, per_class_AP50=ap50)
-        return {"det": {**out, "images": len(gt["images"]), "instances": len(gt["annotations"])}}
+        return {**out, "images": len(gt["images"]), "instances": len(gt["annotations"])}

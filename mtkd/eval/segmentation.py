@@ -17,15 +17,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mtkd.errors import DatasetError
 from mtkd.eval.dist import all_reduce_sum
+from mtkd.eval.evaluator import DatasetEvaluator
+from mtkd.eval.outputs import EvalOutputs
 
 
-class SegmentationEvaluator:
-    """Confusion-matrix mIoU: ``reset()``, ``process(pred, target)`` per batch, ``evaluate()`` at the end.
+class SegmentationEvaluator(DatasetEvaluator):
+    """Confusion-matrix mIoU: ``reset()``, ``process(batch, outputs)`` per batch, ``evaluate()`` at the end.
+
+    ``process`` compares each image at original resolution against the file's mask when the batch carries
+    the raw sample (``batch["source"][i]``), else at input resolution against the batch mask (whose letterbox
+    padding is ``ignore_index``); ``add(pred, target)`` takes class maps directly.
 
     Under DDP ``evaluate()`` sums the confusion matrices of all ranks (``all_reduce``); every rank returns the
     same metrics.
@@ -45,15 +52,32 @@ class SegmentationEvaluator:
             raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
-        self.class_names = [str(n) for n in class_names] if class_names else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            [str(n) for n in class_names] if class_names else [str(i) for i in range(num_classes)]
+        )
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def reset(self) -> None:
         self.confusion.zero_()
 
+    def process(self, batch: dict[str, Any], outputs: EvalOutputs) -> None:
+        """Add the first ``batch["n_real"]`` images (see ``DatasetEvaluator.process`` for the shapes):
+        ``outputs.seg(i)`` ``[H0, W0]`` against the raw mask ``[H0, W0]``, or ``outputs.seg_input[i]``
+        ``[S, S]`` against ``batch["masks"][i]``. A model without segmentation output adds nothing."""
+        if outputs.raw.seg is None:
+            return
+        for i in range(batch["n_real"]):
+            raw = batch["source"][i]
+            if raw is not None:
+                pred = outputs.seg(i)
+                self.add(pred, torch.from_numpy(np.array(raw.mask, dtype=np.int64)).to(pred.device))
+            else:
+                pred = outputs.seg_input[i]
+                self.add(pred, batch["masks"][i].to(pred.device))
+
     @torch.no_grad()
-    def process(self, pred: Tensor, target: Tensor) -> None:
-        """Add one batch.
+    def add(self, pred: Tensor, target: Tensor) -> None:
+        """Add class maps.
 
         Args:
             pred: ``[B, H, W]`` (or ``[H, W]``) predicted class ids in ``[0, C)``.

@@ -1,7 +1,7 @@
 """ONNX export of a multi-task model, with an onnxruntime parity and latency check.
 
 The exported graph takes ``images: float32 [batch, 3, S, S]`` (RGB in [0, 1], the same input the PyTorch model
-takes) and returns the raw outputs of ``mtkd.export.flat.FlatOutputs``: ``seg`` logits ``[batch, C_seg, S, S]``
+takes) and returns the raw outputs of ``mtkd.models.flat.FlatOutputs``: ``seg`` logits ``[batch, C_seg, S, S]``
 then the raw detection head (``det_0..det_{nl-1}`` ``[batch, na, H_l, W_l, 5 + nc]`` for ``anchor`` heads,
 ``det_boxes [batch, 4*reg_max, A]`` and ``det_scores [batch, nc, A]`` for ``anchor_free`` heads). Box decoding
 and NMS are left to the deployment side; ``<out>.json`` (written next to the ONNX file) carries what decoding
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mtkd.errors import ConfigError, OutputError
-from mtkd.export.flat import FlatOutputs, format_diffs
+from mtkd.models.flat import FlatOutputs, format_diffs
 from mtkd.utils.atomic import atomic_write, describe_os_error, ensure_parent, write_bytes
 
 DEFAULT_IMGSZ = 640

@@ -32,7 +32,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from mtkd.errors import ConfigError
-from mtkd.export.flat import FlatOutputs
+from mtkd.models.flat import FlatOutputs
 
 IMPORTANCES = ("magnitude", "bn_scale", "taylor")
 #: largest channel ratio a target-MACs search may reach

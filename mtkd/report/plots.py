@@ -1,4 +1,5 @@
-"""Figures for reports: per-class bars, training curves, confusion matrix, sample overlays.
+"""Figures for reports: per-class bars, training curves, confusion matrix (sample overlays are drawn by
+``mtkd.eval.overlays.draw_sample`` when ``mtkd eval --save-predictions`` runs).
 
 Every function returns PNG bytes (so the HTML report can embed them and the Markdown report can save them);
 matplotlib is imported and switched to the non-interactive Agg backend inside the functions, never at import.
@@ -12,13 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-# tab10-like colors for class overlays (RGB)
-_PALETTE = np.array(
-    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
-     [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]],
-    dtype=np.uint8,
-)  # fmt: skip
 
 
 def _plt():
@@ -37,13 +31,9 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def class_color(i: int) -> tuple[int, int, int]:
-    """RGB color of class ``i`` (cycles through a 10-color palette)."""
-    return tuple(int(v) for v in _PALETTE[i % len(_PALETTE)])  # type: ignore[return-value]
-
-
-def per_class_bars(values: Mapping[str, Mapping[str, float | None]], *, title: str, ylabel: str,
-                   percent: bool = True) -> bytes:
+def per_class_bars(
+    values: Mapping[str, Mapping[str, float | None]], *, title: str, ylabel: str, percent: bool = True
+) -> bytes:
     """Grouped bar chart: one group per class, one bar per model.
 
     Args:
@@ -97,7 +87,7 @@ def training_curves(runs: Mapping[str, Mapping[str, Sequence[float]]], columns: 
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(cols):]:
+    for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     if len(runs) > 1:
         axes.flat[0].legend(fontsize=7)
@@ -124,57 +114,14 @@ def confusion_matrix(cm: Sequence[Sequence[int]], names: Sequence[str], *, title
     if n <= 12:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _png(fig)
-
-
-def draw_sample(
-    image: np.ndarray,
-    *,
-    boxes: np.ndarray | None = None,
-    labels: Sequence[int] | None = None,
-    scores: Sequence[float] | None = None,
-    mask: np.ndarray | None = None,
-    det_names: Sequence[str] = (),
-    ignore_index: int = 255,
-    alpha: float = 0.45,
-    background: int | None = 0,
-    min_size: int = 256,
-) -> bytes:
-    """Image with a semantic-mask overlay and boxes, as PNG bytes (drawn with PIL).
-
-    Args:
-        image: uint8 ``[H, W, 3]`` RGB.
-        boxes: ``[N, 4]`` xyxy pixels of ``image``; ``labels`` ``[N]`` class ids; ``scores`` ``[N]`` or None (GT).
-        mask: ``[H, W]`` class ids; ``ignore_index`` and ``background`` pixels are not colored.
-        min_size: images whose longer side is smaller are upscaled (nearest, integer factor) so labels stay
-            readable.
-    """
-    from PIL import Image, ImageDraw
-
-    img = np.ascontiguousarray(image[..., :3]).astype(np.float32)
-    if mask is not None:
-        m = np.asarray(mask).astype(np.int64)
-        colored = (m != ignore_index) & (m != (-1 if background is None else background))
-        col = _PALETTE[np.where(colored, m, 0) % len(_PALETTE)].astype(np.float32)
-        img[colored] = (1 - alpha) * img[colored] + alpha * col[colored]
-    pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
-    up = max(1, math.ceil(min_size / max(pil.size)))
-    if up > 1:
-        pil = pil.resize((pil.width * up, pil.height * up), Image.NEAREST)
-    draw = ImageDraw.Draw(pil)
-    if boxes is not None:
-        for k, b in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
-            c = int(labels[k]) if labels is not None else 0
-            rgb = class_color(c + 3)  # offset so box colors differ from the mask colors of the same id
-            b = b * up
-            draw.rectangle([float(v) for v in b], outline=rgb, width=2)
-            text = det_names[c] if c < len(det_names) else str(c)
-            if scores is not None:
-                text += f" {float(scores[k]):.2f}"
-            draw.text((float(b[0]) + 2, float(b[1]) + 1), text, fill=rgb)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()

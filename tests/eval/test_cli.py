@@ -20,35 +20,60 @@ from mtkd.eval.evaluate import main  # noqa: E402
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    from mtkd.checkpoint import save_checkpoint
     from mtkd.data.descriptor import load_data_yaml
     from mtkd.data.shapes import make_shapes
-    from mtkd.engine.checkpoint import save_checkpoint
     from mtkd.models import build_model, model_state
 
     root = tmp_path_factory.mktemp("evalcli")
     yaml_path = make_shapes(root / "shapes", n_train=1, n_val=3, size=64, seed=1)
     spec = load_data_yaml(yaml_path)
     model = build_model("yolo_mt_n", det_names=spec.det_names, seg_names=spec.seg_names)
-    path = save_checkpoint({"model": model_state(model), "config": {"data": str(yaml_path), "imgsz": 64,
-                                                                     "name": "tiny"}},
-                           root / "run" / "weights" / "best.pt")
+    path = save_checkpoint(
+        {"model": model_state(model), "config": {"data": str(yaml_path), "imgsz": 64, "name": "tiny"}},
+        root / "run" / "weights" / "best.pt",
+    )
     return root, path
 
 
 def test_eval_writes_metrics_predictions_and_report(checkpoint, capsys):
     root, weights = checkpoint
     out, pred = root / "metrics.json", root / "pred"
-    assert main(["--weights", str(weights), "--out", str(out), "--save-predictions", str(pred), "--batch", "2",
-                 "--workers", "0", "--speed-iters", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--weights",
+                str(weights),
+                "--out",
+                str(out),
+                "--save-predictions",
+                str(pred),
+                "--batch",
+                "2",
+                "--workers",
+                "0",
+                "--speed-iters",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "det mAP50_95 (%)" in table and "seg mIoU (%)" in table and "latency p50" in table
     m = json.loads(out.read_text())
     assert m["model"]["name"] == "tiny/best" and m["model"]["params"] > 0 and m["model"]["flops"] > 0
     assert m["model"]["size_mb"] == pytest.approx(weights.stat().st_size / 2**20)
-    assert m["data"]["images"] == 3 and m["data"]["split"] == "val" and m["data"]["yaml"].endswith("data.yaml")
+    assert (
+        m["data"]["images"] == 3 and m["data"]["split"] == "val" and m["data"]["yaml"].endswith("data.yaml")
+    )
     assert {"latency_ms_p50", "latency_ms_p90", "threads", "throughput_ips"} <= set(m["speed"])
     assert len(m["seg"]["confusion_matrix"]) == 6 and set(m["det"]["per_class_AP50_95"]) == {
-        "ellipse", "rectangle", "triangle", "star"}
+        "ellipse",
+        "rectangle",
+        "triangle",
+        "star",
+    }
     # anyone can re-check the mAP from the saved files with pycocotools
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(pred / "ground_truth.json"))
@@ -70,12 +95,13 @@ def test_eval_bad_inputs(checkpoint, tmp_path, capsys):
     root, weights = checkpoint
     assert run_command("eval", ["--weights", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
-    from mtkd.engine.checkpoint import load_checkpoint, save_checkpoint
+    from mtkd.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(weights)
     ckpt["config"] = {}
-    bare = save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "mtkd_version")},
-                           tmp_path / "bare.pt")
+    bare = save_checkpoint(
+        {k: v for k, v in ckpt.items() if k not in ("format", "mtkd_version")}, tmp_path / "bare.pt"
+    )
     with pytest.raises(ConfigError, match="--data"):
         main(["--weights", str(bare), "--no-speed"])
     with pytest.raises(ConfigError, match="--batch"):
@@ -133,8 +159,10 @@ def test_saved_predictions_failed_write_keeps_the_previous_files(tmp_path):
 
     ev = DetectionEvaluator(["a", "b"])
     boxes = np.tile(np.array([[1.0, 2.0, 30.0, 40.0]]), (2000, 1))
-    ev.process([{"boxes": boxes, "scores": np.linspace(0.9, 0.1, 2000), "labels": np.zeros(2000, int)}],
-               [{"boxes": boxes[:1], "labels": [0], "image_size": (64, 64)}])
+    ev.add(
+        [{"boxes": boxes, "scores": np.linspace(0.9, 0.1, 2000), "labels": np.zeros(2000, int)}],
+        [{"boxes": boxes[:1], "labels": [0], "image_size": (64, 64)}],
+    )
     for name in ("predictions.json", "ground_truth.json"):
         (tmp_path / name).write_text("old")
     with file_size_limit(64 * 1024), pytest.raises(OutputError, match="predictions.json"):
@@ -151,8 +179,14 @@ def test_saved_predictions_failed_write_keeps_the_previous_files(tmp_path):
 def test_benchmark_out_failed_write_keeps_the_previous_results(tmp_path, monkeypatch, capsys):
     import mtkd.engine.benchmark as bench
 
-    res = {"ms": {"student_step": 1.0, "teacher_forward": 1.0, "kd_step": 2.0}, "kd_overhead_ratio": 1.0,
-           "kd_vs_student": 2.0, "dataloader_images_per_s": 1.0, "eval_images_per_s": 1.0, "pad": "x" * 200_000}
+    res = {
+        "ms": {"student_step": 1.0, "teacher_forward": 1.0, "kd_step": 2.0},
+        "kd_overhead_ratio": 1.0,
+        "kd_vs_student": 2.0,
+        "dataloader_images_per_s": 1.0,
+        "eval_images_per_s": 1.0,
+        "pad": "x" * 200_000,
+    }
     monkeypatch.setattr(bench, "run_benchmark", lambda args: res)
     out = tmp_path / "bench.json"
     out.write_text("old")

@@ -46,10 +46,16 @@ def random_dataset(seed: int, n_images: int = 12, quantize_scores: bool = False)
         labels = np.concatenate([jl, rng.integers(0, len(NAMES), m)]).astype(np.int64)
         if i % 7 == 3:  # an image without predictions
             boxes, scores, labels = boxes[:0], scores[:0], labels[:0]
-        preds.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
-                      "labels": torch.tensor(labels)})
-        targets.append({"boxes": torch.tensor(gt, dtype=torch.float32), "labels": torch.tensor(gl),
-                        "image_size": (h, w)})
+        preds.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32),
+                "scores": torch.tensor(scores),
+                "labels": torch.tensor(labels),
+            }
+        )
+        targets.append(
+            {"boxes": torch.tensor(gt, dtype=torch.float32), "labels": torch.tensor(gl), "image_size": (h, w)}
+        )
     return preds, targets
 
 
@@ -60,14 +66,31 @@ def reference(preds, targets):
         images.append({"id": i + 10, "height": t["image_size"][0], "width": t["image_size"][1]})
         for b, c in zip(t["boxes"].double().tolist(), t["labels"].tolist()):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i + 10, "category_id": c * 2 + 7,
-                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 10,
+                    "category_id": c * 2 + 7,
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         for b, s, c in zip(p["boxes"].double().tolist(), p["scores"].double().tolist(), p["labels"].tolist()):
-            res.append({"image_id": i + 10, "category_id": c * 2 + 7, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                        "score": s})
+            res.append(
+                {
+                    "image_id": i + 10,
+                    "category_id": c * 2 + 7,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "score": s,
+                }
+            )
     gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns,
-                  "categories": [{"id": c * 2 + 7, "name": n} for c, n in enumerate(NAMES)]}
+    gt.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c * 2 + 7, "name": n} for c, n in enumerate(NAMES)],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
         ev = COCOeval(gt, gt.loadRes(res), "bbox")
@@ -85,7 +108,7 @@ def reference(preds, targets):
 def run(preds, targets, backend, batch=5):
     ev = DetectionEvaluator(NAMES, backend=backend)
     for s in range(0, len(preds), batch):
-        ev.process(preds[s : s + batch], targets[s : s + batch])
+        ev.add(preds[s : s + batch], targets[s : s + batch])
     return ev.evaluate()["det"]
 
 
@@ -113,8 +136,10 @@ def test_matches_pycocotools(backend, seed, ties):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_perfect_predictions_score_one(backend):
     _, targets = random_dataset(3)
-    preds = [{"boxes": t["boxes"], "scores": torch.linspace(1, 0.5, len(t["labels"])), "labels": t["labels"]}
-             for t in targets]
+    preds = [
+        {"boxes": t["boxes"], "scores": torch.linspace(1, 0.5, len(t["labels"])), "labels": t["labels"]}
+        for t in targets
+    ]
     det = run(preds, targets, backend)
     for key in ("mAP50_95", "mAP50", "mAP75", "AR100"):
         assert det[key] == pytest.approx(1.0)
@@ -132,8 +157,13 @@ def test_empty_predictions_score_zero(backend):
 
 def test_no_ground_truth_for_a_class_is_null():
     t = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0]), "image_size": (32, 32)}]
-    p = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), "scores": torch.tensor([0.9, 0.8]),
-          "labels": torch.tensor([0, 2])}]
+    p = [
+        {
+            "boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]),
+            "scores": torch.tensor([0.9, 0.8]),
+            "labels": torch.tensor([0, 2]),
+        }
+    ]
     det = run(p, t, "faster_coco_eval")
     assert det["per_class_AP50_95"] == {"car": 1.0, "person": None, "sign": None}
     assert det["mAP_large"] is None and det["mAP_small"] == 1.0
@@ -144,7 +174,7 @@ def test_nothing_processed_and_reset():
     ev = DetectionEvaluator(NAMES)
     assert ev.evaluate()["det"]["mAP50_95"] is None
     preds, targets = random_dataset(5)
-    ev.process(preds, targets)
+    ev.add(preds, targets)
     ev.reset()
     assert ev.num_images == 0
 
@@ -152,17 +182,17 @@ def test_nothing_processed_and_reset():
 def test_bad_labels_raise():
     ev = DetectionEvaluator(NAMES)
     t = [{"boxes": torch.zeros(1, 4), "labels": torch.tensor([3]), "image_size": (8, 8)}]
-    ev.process([{"boxes": torch.zeros(0, 4), "scores": [], "labels": []}], t)
+    ev.add([{"boxes": torch.zeros(0, 4), "scores": [], "labels": []}], t)
     with pytest.raises(ValueError, match="outside"):
         ev.evaluate()
     with pytest.raises(ValueError, match="predictions for"):
-        ev.process([], t)
+        ev.add([], t)
 
 
 def test_saved_json_reproduces_map_with_pycocotools(tmp_path):
     preds, targets = random_dataset(6)
     ev = DetectionEvaluator(NAMES)
-    ev.process(preds, targets)
+    ev.add(preds, targets)
     det = ev.evaluate()["det"]
     pred_path, gt_path = ev.save_json(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):

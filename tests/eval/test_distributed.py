@@ -40,8 +40,8 @@ WORKER = DATA + textwrap.dedent("""
     dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=world)
     det, seg = DetectionEvaluator(NAMES), SegmentationEvaluator(C, 255)
     for i in range(rank, N, world):
-        det.process([preds[i]], [targets[i]])
-        seg.process(seg_p[i : i + 1], seg_t[i : i + 1])
+        det.add([preds[i]], [targets[i]])
+        seg.add(seg_p[i : i + 1], seg_t[i : i + 1])
     res = {**det.evaluate(), **seg.evaluate(), "local": det.num_images}
     if rank == 0:  # after evaluate(), saving needs no collective: rank 0 alone must not hang
         det.save_json(out + ".coco")
@@ -56,19 +56,38 @@ def single_process():
     ns: dict = {}
     exec(DATA, ns)
     det, seg = DetectionEvaluator(ns["NAMES"]), SegmentationEvaluator(ns["C"], 255)
-    det.process(ns["preds"], ns["targets"])
-    seg.process(ns["seg_p"], ns["seg_t"])
+    det.add(ns["preds"], ns["targets"])
+    seg.add(ns["seg_p"], ns["seg_t"])
     return {**det.evaluate(), **seg.evaluate()}
 
 
-@pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="torch.distributed unavailable")
+@pytest.mark.skipif(
+    not __import__("torch").distributed.is_available(), reason="torch.distributed unavailable"
+)
 def test_two_ranks_match_single_process(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(tmp_path / "init"),
-                               str(tmp_path / f"out{r}.json")], cwd=REPO, env=env, stderr=subprocess.PIPE)
-             for r in range(2)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(r),
+                "2",
+                str(tmp_path / "init"),
+                str(tmp_path / f"out{r}.json"),
+            ],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        for r in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()[-2000:]

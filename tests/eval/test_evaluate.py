@@ -12,10 +12,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 build = pytest.importorskip("mtkd.data.build", reason="data layer (mtkd.data.build) not written yet")
 descriptor = pytest.importorskip("mtkd.data.descriptor", reason="data layer not written yet")
-postprocess = pytest.importorskip("mtkd.models.postprocess", reason="models (mtkd.models.postprocess) not written yet")
+postprocess = pytest.importorskip(
+    "mtkd.models.postprocess", reason="models (mtkd.models.postprocess) not written yet"
+)
 
 from mtkd.data.collate import collate  # noqa: E402
-from mtkd.eval.evaluate import _real_count, evaluate_model, fitness  # noqa: E402
+from mtkd.eval.batch import real_count  # noqa: E402
+from mtkd.eval.evaluate import evaluate_model, fitness  # noqa: E402
 from mtkd.models.outputs import MultiTaskOutput  # noqa: E402
 
 DET, SEG = ["a", "b"], ["bg", "a", "b"]
@@ -35,13 +38,16 @@ def write_dataset(root):
         lines = []
         for c, x1, y1, x2, y2 in boxes:
             mask[y1:y2, x1:x2] = c + 1
-            lines.append(f"{c} {(x1 + x2) / 2 / w!r} {(y1 + y2) / 2 / h!r} {(x2 - x1) / w!r} {(y2 - y1) / h!r}\n")
+            lines.append(
+                f"{c} {(x1 + x2) / 2 / w!r} {(y1 + y2) / 2 / h!r} {(x2 - x1) / w!r} {(y2 - y1) / h!r}\n"
+            )
         mask[:3, :3] = 255  # unlabeled
         Image.fromarray(img).save(root / "images" / "val" / f"im{i}.png")
         Image.fromarray(mask).save(root / "masks" / "val" / f"im{i}.png")
         (root / "labels" / "val" / f"im{i}.txt").write_text("".join(lines))
     (root / "data.yaml").write_text(
-        f"path: .\nformat: yolo_mask\nval: val\ndet_names: {DET}\nseg_names: {SEG}\nignore_index: 255\n")
+        f"path: .\nformat: yolo_mask\nval: val\ndet_names: {DET}\nseg_names: {SEG}\nignore_index: 255\n"
+    )
     return root / "data.yaml"
 
 
@@ -109,7 +115,7 @@ def test_real_count_drops_distributed_padding():
     for rank in range(2):
         sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=3)
         loader = DataLoader(data, batch_size=2, sampler=sampler)
-        n = _real_count(loader, rank, 2)
+        n = real_count(loader, rank, 2)
         seen += list(sampler)[:n]
     assert sorted(seen) == data  # each sample exactly once
 

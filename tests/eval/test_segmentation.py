@@ -21,8 +21,11 @@ def random_batches(seed: int, n: int = 6, b: int = 3, hw=(24, 32)):
     for _ in range(n):
         t = torch.randint(0, C - 1, (b, *hw), generator=g)  # class C-1 never in GT ...
         t[torch.rand(b, *hw, generator=g) < 0.1] = IGN
-        p = torch.where(torch.rand(b, *hw, generator=g) < 0.6, t.clamp(max=C - 1),  # IGN → C-1: must not count
-                        torch.randint(0, C - 1, (b, *hw), generator=g))  # ... nor predicted
+        p = torch.where(
+            torch.rand(b, *hw, generator=g) < 0.6,
+            t.clamp(max=C - 1),  # IGN → C-1: must not count
+            torch.randint(0, C - 1, (b, *hw), generator=g),
+        )  # ... nor predicted
         out.append((p, t))
     return out
 
@@ -44,7 +47,7 @@ def test_matches_numpy_reference():
     batches = random_batches(0)
     ev = SegmentationEvaluator(C, IGN, class_names=list("abcde"))
     for p, t in batches:
-        ev.process(p, t)
+        ev.add(p, t)
     seg = ev.evaluate()["seg"]
     ious, miou, acc = numpy_reference(batches)
     assert seg["mIoU"] == pytest.approx(miou, abs=1e-12)
@@ -62,7 +65,7 @@ def test_predicted_but_absent_from_gt_counts_as_zero():
     p = t.clone()
     p[0, 0, 0] = 2  # class 2 predicted once, never in GT
     ev = SegmentationEvaluator(3)
-    ev.process(p, t)
+    ev.add(p, t)
     seg = ev.evaluate()["seg"]
     assert seg["per_class_IoU"] == {"0": 15 / 16, "1": None, "2": 0.0}
     assert seg["mIoU"] == pytest.approx((15 / 16 + 0.0) / 2)
@@ -74,14 +77,14 @@ def test_perfect_predictions_and_ignore():
     p = t.clone()
     p[p == IGN] = 3  # whatever is predicted on ignored pixels does not count
     ev = SegmentationEvaluator(C, IGN)
-    ev.process(p, t)
+    ev.add(p, t)
     seg = ev.evaluate()["seg"]
     assert seg["mIoU"] == 1.0 and seg["pixel_acc"] == 1.0 and seg["mAcc"] == 1.0
 
 
 def test_nothing_labeled_gives_none():
     ev = SegmentationEvaluator(C, IGN)
-    ev.process(torch.zeros(1, 4, 4, dtype=torch.long), torch.full((1, 4, 4), IGN))
+    ev.add(torch.zeros(1, 4, 4, dtype=torch.long), torch.full((1, 4, 4), IGN))
     seg = ev.evaluate()["seg"]
     assert seg["mIoU"] is None and seg["pixel_acc"] is None and len(seg["absent_classes"]) == C
 
@@ -89,9 +92,9 @@ def test_nothing_labeled_gives_none():
 def test_bad_mask_values_raise():
     ev = SegmentationEvaluator(C, IGN)
     with pytest.raises(DatasetError, match="neither a class id"):
-        ev.process(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 7))
+        ev.add(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 7))
     with pytest.raises(ValueError, match="shape"):
-        ev.process(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3))
+        ev.add(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3))
 
 
 def test_state_is_constant_size():
@@ -100,7 +103,7 @@ def test_state_is_constant_size():
 
     def feed(k):
         for i in range(k):
-            ev.process(*batches[i % len(batches)])
+            ev.add(*batches[i % len(batches)])
 
     feed(5)  # warm up caches and lazy imports
     state = {k: (v.shape, v.dtype) if isinstance(v, torch.Tensor) else v for k, v in vars(ev).items()}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtkd.errors import ConfigError
-from mtkd.report.plots import draw_sample
+from mtkd.eval.overlays import draw_sample
 from mtkd.report.report import main
 
 DET, SEG = ["car", "sign"], ["bg", "road", "car"]
@@ -18,16 +18,38 @@ DET, SEG = ["car", "sign"], ["bg", "road", "car"]
 
 def metrics(name, map5095, map50, miou, lat, params, flops, size, pred_dir=None):
     m = {
-        "model": {"name": name, "weights": f"/runs/{name}/weights/best.pt", "params": params, "flops": flops,
-                  "size_mb": size, "adapter": "native"},
-        "det": {"mAP50_95": map5095, "mAP50": map50, "mAP75": 0.3,
-                "per_class_AP50_95": {"car": map5095 + 0.1, "sign": None},
-                "per_class_AP50": {"car": map50, "sign": None}},
-        "seg": {"mIoU": miou, "pixel_acc": 0.9, "per_class_IoU": {"bg": 0.9, "road": miou, "car": 0.25},
-                "confusion_matrix": [[90, 5, 5], [10, 80, 10], [1, 2, 7]],
-                "absent_classes": ["car"] if name == "student" else []},
-        "speed": {"device": "cpu", "batch": 1, "imgsz": 64, "threads": 2, "latency_ms_p50": lat,
-                  "latency_ms_p90": lat * 1.5, "throughput_ips": 100.0, "throughput_batch": 8},
+        "model": {
+            "name": name,
+            "weights": f"/runs/{name}/weights/best.pt",
+            "params": params,
+            "flops": flops,
+            "size_mb": size,
+            "adapter": "native",
+        },
+        "det": {
+            "mAP50_95": map5095,
+            "mAP50": map50,
+            "mAP75": 0.3,
+            "per_class_AP50_95": {"car": map5095 + 0.1, "sign": None},
+            "per_class_AP50": {"car": map50, "sign": None},
+        },
+        "seg": {
+            "mIoU": miou,
+            "pixel_acc": 0.9,
+            "per_class_IoU": {"bg": 0.9, "road": miou, "car": 0.25},
+            "confusion_matrix": [[90, 5, 5], [10, 80, 10], [1, 2, 7]],
+            "absent_classes": ["car"] if name == "student" else [],
+        },
+        "speed": {
+            "device": "cpu",
+            "batch": 1,
+            "imgsz": 64,
+            "threads": 2,
+            "latency_ms_p50": lat,
+            "latency_ms_p90": lat * 1.5,
+            "throughput_ips": 100.0,
+            "throughput_batch": 8,
+        },
         "data": {"yaml": "/data/shapes/data.yaml", "split": "val", "images": 12},
     }
     if pred_dir:
@@ -40,10 +62,18 @@ def write_samples(folder, stems, color):
     d.mkdir(parents=True)
     img = np.full((32, 32, 3), color, np.uint8)
     for s in stems:
-        (d / f"{s}_gt.png").write_bytes(draw_sample(img, boxes=np.array([[2.0, 2, 20, 20]]), labels=[0],
-                                                    mask=np.ones((32, 32), int), det_names=DET))
-        (d / f"{s}.png").write_bytes(draw_sample(img, boxes=np.array([[3.0, 3, 21, 19]]), labels=[0], scores=[0.8],
-                                                 det_names=DET))
+        (d / f"{s}_gt.png").write_bytes(
+            draw_sample(
+                img,
+                boxes=np.array([[2.0, 2, 20, 20]]),
+                labels=[0],
+                mask=np.ones((32, 32), int),
+                det_names=DET,
+            )
+        )
+        (d / f"{s}.png").write_bytes(
+            draw_sample(img, boxes=np.array([[3.0, 3, 21, 19]]), labels=[0], scores=[0.8], det_names=DET)
+        )
 
 
 @pytest.fixture
@@ -56,11 +86,19 @@ def inputs(tmp_path):
     b.write_text(json.dumps(metrics("student", 0.45, 0.62, 0.47, 8.0, 1_000_000, 2e9, 4.0, "pred_b")))
     run = tmp_path / "runs" / "distill"
     (run / "weights").mkdir(parents=True)
-    (run / "config.yaml").write_text("name: distilled\nteacher: teacher.pt\ntemperature: 4.0\nalpha_seg: 0.5\n")
+    (run / "config.yaml").write_text(
+        "name: distilled\nteacher: teacher.pt\ntemperature: 4.0\nalpha_seg: 0.5\n"
+    )
     (run / "results.csv").write_text(
         "epoch,seg_loss,det_loss,seg_kd,det_kd,loss,det/mAP50,seg/mIoU,lr\n"
-        + "".join(f"{e},{1 / (e + 1)},{2 / (e + 1)},{0.1},{0.2},{3 / (e + 1)},{e / 10},{e / 8},0.01\n" for e in range(4)))
-    (run / "metrics.json").write_text(json.dumps(metrics("distilled", 0.5, 0.7, 0.55, 8.0, 1_000_000, 2e9, 4.0)))
+        + "".join(
+            f"{e},{1 / (e + 1)},{2 / (e + 1)},{0.1},{0.2},{3 / (e + 1)},{e / 10},{e / 8},0.01\n"
+            for e in range(4)
+        )
+    )
+    (run / "metrics.json").write_text(
+        json.dumps(metrics("distilled", 0.5, 0.7, 0.55, 8.0, 1_000_000, 2e9, 4.0))
+    )
     return a, b, run
 
 
@@ -71,7 +109,9 @@ def test_report_html_is_self_contained_with_numbers_and_deltas(inputs, tmp_path)
     html = (out / "report.html").read_text()
     # embedded images only, each a valid PNG
     srcs = re.findall(r'src="([^"]*)"', html)
-    assert len(srcs) >= 3 + 1 + 1 + 2 * 3  # per-class charts, curves, confusion, 2 sample rows (GT + 2 models)
+    assert (
+        len(srcs) >= 3 + 1 + 1 + 2 * 3
+    )  # per-class charts, curves, confusion, 2 sample rows (GT + 2 models)
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     for s in srcs:
         assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,8 +125,18 @@ def test_report_html_is_self_contained_with_numbers_and_deltas(inputs, tmp_path)
     assert "30.00 <span" in html and "AR@100" not in html  # all-metrics table: only metrics that exist
     assert "(left out of mIoU): student: car." in html
     # models, data and metric definitions are described
-    for text in ("teacher", "student", "distilled", "/data/shapes/data.yaml", "101-point", "absent",
-                 "ignore_index", "Training curves", "Sample predictions", "temperature=4.0"):
+    for text in (
+        "teacher",
+        "student",
+        "distilled",
+        "/data/shapes/data.yaml",
+        "101-point",
+        "absent",
+        "ignore_index",
+        "Training curves",
+        "Sample predictions",
+        "temperature=4.0",
+    ):
         assert text in html, text
 
 
@@ -102,13 +152,17 @@ def test_markdown_references_saved_images(inputs, tmp_path):
 
 
 def test_single_run_directory_and_errors(inputs, tmp_path):
-    from mtkd.engine.checkpoint import save_checkpoint
+    from mtkd.checkpoint import save_checkpoint
 
     _, _, run = inputs
     (run / "metrics.json").unlink()
-    ckpt_metrics = {k: v for k, v in metrics("x", 0.3, 0.5, 0.6125, 1, 1, 1, 1).items() if k in ("det", "seg")}
-    save_checkpoint({"model": {"arch": {"adapter": "native"}, "state_dict": {}}, "metrics": ckpt_metrics},
-                    run / "weights" / "best.pt")
+    ckpt_metrics = {
+        k: v for k, v in metrics("x", 0.3, 0.5, 0.6125, 1, 1, 1, 1).items() if k in ("det", "seg")
+    }
+    save_checkpoint(
+        {"model": {"arch": {"adapter": "native"}, "state_dict": {}}, "metrics": ckpt_metrics},
+        run / "weights" / "best.pt",
+    )
     out = tmp_path / "r1"
     assert main([str(run), "--out", str(out)]) == 0
     html = (out / "report.html").read_text()

@@ -101,7 +101,7 @@ def test_bad_metrics_json_inside_a_run_folder(tmp_path, capsys):
 
 
 def test_bad_metrics_stored_in_a_checkpoint(tmp_path, capsys):
-    from mtkd.engine.checkpoint import save_checkpoint
+    from mtkd.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     (run / "weights").mkdir(parents=True)
