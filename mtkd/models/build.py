@@ -1,8 +1,9 @@
 """Entry points: build a model by name/config, rebuild it from an arch description, save/load its state.
 
-``build_model`` and ``build_from_arch`` dispatch on the adapter name to ``build(config, nc_det, nc_seg,
-det_names, seg_names)`` / ``from_arch(arch)`` in ``mtkd.models.adapters.<name>``, imported lazily (so the
-``smp`` adapter's imports are paid only when used).
+``build_model`` and ``build_from_arch`` dispatch on the adapter name to the ``ADAPTER`` class of
+``mtkd.models.adapters.<name>`` (imported lazily, so the ``smp`` adapter's imports are paid only when used) and
+call its protocol classmethods ``from_config(config, nc_det, nc_seg, det_names, seg_names)`` /
+``from_arch(arch, *, trust_code, where)`` (``mtkd.models.adapters.base.MultiTaskAdapter``).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return _did_you_mean(name, choices)
 
 
-def _adapter_module(name: Any, where: str):
+def _adapter_class(name: Any, where: str) -> type[MultiTaskAdapter]:
     if name not in ADAPTERS:
         raise ConfigError(
             f"{where}: unknown adapter {name!r}; expected one of {list(ADAPTERS)}{did_you_mean(str(name), ADAPTERS)}"
         )
-    return importlib.import_module(ADAPTERS[name])
+    return importlib.import_module(ADAPTERS[name]).ADAPTER
 
 
 def _names(nc: int | None, names: Sequence[str] | None, task: str) -> list[str]:
@@ -99,8 +100,8 @@ def build_model(
         )
     det = _names(nc_det, det_names, "det")
     seg = _names(nc_seg, seg_names, "seg")
-    module = _adapter_module(config["adapter"], "model config 'adapter'")
-    return module.build(config, len(det), len(seg), det, seg)
+    module = _adapter_class(config["adapter"], "model config 'adapter'")
+    return module.from_config(config, len(det), len(seg), det, seg)
 
 
 def build_from_arch(
@@ -114,7 +115,7 @@ def build_from_arch(
     """
     if not isinstance(arch, Mapping) or "adapter" not in arch:
         raise ConfigError("arch: expected a dict with an 'adapter' key (as written by model.arch())")
-    module = _adapter_module(arch["adapter"], "arch 'adapter'")
+    module = _adapter_class(arch["adapter"], "arch 'adapter'")
     return module.from_arch(dict(arch), trust_code=trust_code, where=where)
 
 

@@ -5,17 +5,30 @@ An adapter is an ``nn.Module`` whose ``forward(images, features=())`` returns a 
 decoding and NMS live in ``mtkd.models.postprocess``). ``arch()`` returns a description made only of
 JSON-like values (dict/list/str/int/float/bool/None) from which ``mtkd.models.build_from_arch`` rebuilds the
 same architecture, including pruned channel widths, so checkpoints never pickle modules.
+
+Construction protocol (every adapter family has one builder, as timm's ``_builder.py`` gives every model family):
+
+- ``Adapter.from_config(config, nc_det, nc_seg, det_names, seg_names)`` builds a fresh model from a user config;
+- ``Adapter.from_arch(arch, *, trust_code, where)`` rebuilds one from ``arch()`` (data read from a file).
+
+Both run one shared prologue: unknown keys (not in ``config_keys`` / ``arch_keys``) raise ``ConfigError`` with a
+did-you-mean hint (``_common.check_keys``), and class names given as arguments win over the config's
+``det_names`` / ``seg_names``. Each adapter implements only its specific part, ``_from_config`` / ``_from_arch``.
+Each adapter module also keeps module-level ``build`` / ``from_arch`` functions (one-line delegations, what
+``mtkd.models.build`` dispatches to) and names its protocol class ``ADAPTER``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from mtkd.models.adapters._common import check_keys
 from mtkd.models.outputs import DetKind, MultiTaskOutput
+from mtkd.models.trust import TrustCode
 
 
 @dataclass(frozen=True)
@@ -30,10 +43,77 @@ class DetSpec:
 
 
 class MultiTaskAdapter(nn.Module):
-    """Base class. Subclasses set ``det_names``/``seg_names`` and implement ``forward``, ``arch``, ``det_spec``."""
+    """Base class. Subclasses set ``det_names``/``seg_names`` and implement ``forward``, ``arch``, ``det_spec``;
+    to be built from configs and arch descriptions they set the class attributes below and implement
+    ``_from_config`` / ``_from_arch`` (module docstring)."""
 
     #: registry name of the adapter kind ("native", "ultralytics", "smp", "composite", "generic")
-    adapter_name: str = "base"
+    adapter_name: ClassVar[str] = "base"
+    #: prefix of this adapter's config errors ("generic adapter"); errors about an arch add " arch"
+    adapter_label: ClassVar[str] = "adapter"
+    #: the keys ``from_config`` accepts
+    config_keys: ClassVar[tuple[str, ...]] = ()
+    #: the keys ``from_arch`` accepts; ``None``: the same as ``config_keys``
+    arch_keys: ClassVar[tuple[str, ...] | None] = None
+    #: what an unknown key is called in messages ("unknown field 'x'")
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        nc_det: int | None = None,
+        nc_seg: int | None = None,
+        det_names: Sequence[str] | None = None,
+        seg_names: Sequence[str] | None = None,
+    ) -> MultiTaskAdapter:
+        """Build a fresh model from a config dict (the adapter module's docstring lists its keys).
+
+        Prologue: every key must be in ``config_keys`` (``ConfigError`` with a did-you-mean hint otherwise); for an
+        adapter whose config may hold ``det_names`` / ``seg_names``, non-empty arguments win over them. Then
+        ``_from_config`` (class counts ``nc_*`` may be ``None``: take them from the names or the model)."""
+        check_keys(config, cls.config_keys, cls.adapter_label)
+        if "det_names" in cls.config_keys:
+            det_names = det_names or config.get("det_names")
+        if "seg_names" in cls.config_keys:
+            seg_names = seg_names or config.get("seg_names")
+        return cls._from_config(
+            config, nc_det=nc_det, nc_seg=nc_seg, det_names=det_names, seg_names=seg_names
+        )
+
+    @classmethod
+    def from_arch(
+        cls, arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch"
+    ) -> MultiTaskAdapter:
+        """Rebuild the architecture ``arch()`` described (random weights; the checkpoint's state_dict follows).
+
+        ``arch`` is data from a file (``where``): nothing it names is imported unless ``trust_code`` allows it
+        (``mtkd.models.trust``). Prologue: every key must be in ``arch_keys``; then ``_from_arch``."""
+        keys = cls.config_keys if cls.arch_keys is None else cls.arch_keys
+        check_keys(arch, keys, f"{cls.adapter_label} arch")
+        return cls._from_arch(arch, trust_code=trust_code, where=where)
+
+    @classmethod
+    def _from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        nc_det: int | None,
+        nc_seg: int | None,
+        det_names: Sequence[str] | None,
+        seg_names: Sequence[str] | None,
+    ) -> MultiTaskAdapter:  # pragma: no cover
+        """The adapter-specific part of ``from_config`` (keys already checked, names already merged)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
+
+    @classmethod
+    def _from_arch(
+        cls, arch: Mapping[str, Any], *, trust_code: TrustCode, where: str
+    ) -> MultiTaskAdapter:  # pragma: no cover
+        """The adapter-specific part of ``from_arch`` (keys already checked)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from an arch description")
+
+    # ------------------------------------------------------------------------------------------ instance
 
     def __init__(self, *, det_names: Sequence[str] = (), seg_names: Sequence[str] = ()) -> None:
         super().__init__()

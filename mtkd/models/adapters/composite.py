@@ -9,7 +9,8 @@ The usual case is a teacher made of two single-task models (one teacher per task
 ``forward`` runs both members on the same images and takes ``det`` from the first and ``seg`` from the second
 (a member's other output, if it has one, is ignored). Feature taps are the members' names prefixed with ``det.``
 and ``seg.`` (``det.p3``, ``seg.enc``). State-dict keys are prefixed the same way. ``arch()`` is
-``{"adapter": "composite", "det": det.arch(), "seg": seg.arch()}``.
+``{"adapter": "composite", "det": det.arch(), "seg": seg.arch()}``; rebuilding it passes ``trust_code`` and ``where``
+on to both members (``mtkd.models.trust``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from torch import Tensor, nn
 
 from mtkd.errors import ConfigError
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
-from mtkd.models.adapters.generic import check_keys
 from mtkd.models.outputs import MultiTaskOutput
 from mtkd.models.trust import TrustCode
 
@@ -38,6 +38,8 @@ class CompositeAdapter(MultiTaskAdapter):
     """
 
     adapter_name = "composite"
+    adapter_label = _WHERE
+    config_keys = ("adapter", "head", *_MEMBERS)
 
     def __init__(self, *, det: MultiTaskAdapter, seg: MultiTaskAdapter) -> None:
         for name, member in (("det", det), ("seg", seg)):
@@ -83,15 +85,53 @@ class CompositeAdapter(MultiTaskAdapter):
     def arch(self) -> dict[str, Any]:
         return {"adapter": self.adapter_name, "det": self.det.arch(), "seg": self.seg.arch()}
 
+    # ---------------------------------------------------------------- construction (base.MultiTaskAdapter)
+    @classmethod
+    def _from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        nc_det: int | None,
+        nc_seg: int | None,
+        det_names: Sequence[str] | None,
+        seg_names: Sequence[str] | None,
+    ) -> CompositeAdapter:
+        """Build both members with ``mtkd.models.build.build_model``: the det member gets the det classes (and no
+        seg classes) and ``head``, the seg member the seg classes (and no det classes)."""
+        from mtkd.models.build import build_model  # lazy: build imports the adapters
 
-def _member_configs(config: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-    check_keys(config, ("adapter", "head", *_MEMBERS), where)
+        det_cfg, seg_cfg = _members(config, _WHERE)
+        if config.get("head") is not None and "head" not in det_cfg:  # build_model(..., head=) meant det
+            det_cfg = {**det_cfg, "head": config["head"]}
+        det_names = list(det_names) if det_names is not None else None
+        seg_names = list(seg_names) if seg_names is not None else None
+        det = build_model(det_cfg, nc_det=nc_det, det_names=det_names, nc_seg=0, seg_names=[])
+        seg = build_model(seg_cfg, nc_det=0, det_names=[], nc_seg=nc_seg, seg_names=seg_names)
+        return cls(det=det, seg=seg)
+
+    @classmethod
+    def _from_arch(cls, arch: Mapping[str, Any], *, trust_code: TrustCode, where: str) -> CompositeAdapter:
+        """Inverse of ``arch()``: each member through ``mtkd.models.build.build_from_arch`` with the same
+        ``trust_code`` and ``where`` (SECURITY: a generic member's import path needs the same opt-in)."""
+        from mtkd.models.build import build_from_arch
+
+        det_arch, seg_arch = _members(arch, f"{_WHERE} arch")
+        return cls(det=build_from_arch(det_arch, trust_code=trust_code, where=where),
+                   seg=build_from_arch(seg_arch, trust_code=trust_code, where=where))  # fmt: skip
+
+
+def _members(config: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """The ``det`` and ``seg`` member configs (each a dict with an ``adapter`` key, not itself composite)."""
     for key in _MEMBERS:
         if not isinstance(config.get(key), Mapping) or "adapter" not in config[key]:
             raise ConfigError(f"{where}: field {key!r} must be a model config dict with an 'adapter' key")
         if config[key]["adapter"] == "composite":
             raise ConfigError(f"{where}: field {key!r}: a composite member cannot itself be composite")
     return config["det"], config["seg"]
+
+
+#: the protocol class ``mtkd.models.build`` may dispatch to
+ADAPTER = CompositeAdapter
 
 
 def build(
@@ -101,27 +141,12 @@ def build(
     det_names: Sequence[str] | None = None,
     seg_names: Sequence[str] | None = None,
 ) -> CompositeAdapter:
-    """Build both members with ``mtkd.models.build.build_model``: the det member gets the det classes (and no seg
-    classes) and ``head``, the seg member the seg classes (and no det classes)."""
-    from mtkd.models.build import build_model  # lazy: build imports the adapters
-
-    det_cfg, seg_cfg = _member_configs(config, _WHERE)
-    if (
-        config.get("head") is not None and "head" not in det_cfg
-    ):  # build_model(..., head=) meant the det member
-        det_cfg = {**det_cfg, "head": config["head"]}
-    det_names = list(det_names) if det_names is not None else None
-    seg_names = list(seg_names) if seg_names is not None else None
-    det = build_model(det_cfg, nc_det=nc_det, det_names=det_names, nc_seg=0, seg_names=[])
-    seg = build_model(seg_cfg, nc_det=0, det_names=[], nc_seg=nc_seg, seg_names=seg_names)
-    return CompositeAdapter(det=det, seg=seg)
+    """``CompositeAdapter.from_config`` (kept for ``mtkd.models.build``'s module dispatch)."""
+    return CompositeAdapter.from_config(config, nc_det, nc_seg, det_names, seg_names)
 
 
-def from_arch(arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch") -> CompositeAdapter:
-    """Inverse of ``CompositeAdapter.arch()``: each member through ``mtkd.models.build.build_from_arch`` with the
-    same ``trust_code`` (``mtkd.models.trust``)."""
-    from mtkd.models.build import build_from_arch
-
-    det_arch, seg_arch = _member_configs(arch, f"{_WHERE} arch")
-    return CompositeAdapter(det=build_from_arch(det_arch, trust_code=trust_code, where=where),
-                            seg=build_from_arch(seg_arch, trust_code=trust_code, where=where))
+def from_arch(
+    arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch"
+) -> CompositeAdapter:
+    """``CompositeAdapter.from_arch``: both members rebuilt with the same ``trust_code`` and ``where``."""
+    return CompositeAdapter.from_arch(arch, trust_code=trust_code, where=where)

@@ -6,18 +6,27 @@ Config keys (``build_model({"adapter": "native", ...})`` or ``build_model("yolo_
     head: anchor             # anchor | anchor_free
     anchors: [[[w, h], ...], ...]   # optional, anchor head: 3 levels x na anchors, input pixels
     reg_max: 16              # optional, anchor-free head: DFL bins
+
+``YoloMT`` (in ``mtkd.models.yolo_mt``) is the model; ``NativeAdapter`` here only carries the construction protocol
+(``base.MultiTaskAdapter.from_config`` / ``from_arch``) for it and builds plain ``YoloMT`` modules, so saved and
+pickled models keep naming ``mtkd.models.yolo_mt.YoloMT``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mtkd.errors import ConfigError
-from mtkd.models.adapters.generic import check_keys
+from mtkd.models.trust import TrustCode
 from mtkd.models.yolo_mt import HEAD_KINDS, SCALES, STRIDES, YoloMT, default_layers
+from mtkd.utils.suggest import did_you_mean
 
 CONFIG_KEYS = ("adapter", "name", "scale", "head", "anchors", "reg_max")
+#: the keys of ``YoloMT.arch()``
+ARCH_KEYS = (
+    "adapter", "family", "scale", "head", "det_names", "seg_names", "strides", "anchors", "reg_max", "layers",
+)  # fmt: skip
 NAME_PREFIX = "yolo_mt_"
 NAMES = tuple(NAME_PREFIX + s for s in SCALES)
 
@@ -52,76 +61,103 @@ def _check_names(det_names: Sequence[str], seg_names: Sequence[str]) -> None:
         raise _fail("the native yolo_mt model needs at least one segmentation class (nc_seg >= 1)")
 
 
-def build(
-    config: dict[str, Any], nc_det: int, nc_seg: int, det_names: Sequence[str], seg_names: Sequence[str]
-) -> YoloMT:
-    """Build an unpruned ``yolo_mt`` model from a config dict (keys above); raises ``ConfigError``."""
-    from mtkd.models.build import did_you_mean
+class NativeAdapter(YoloMT):
+    """Construction protocol of the built-in family; ``from_config`` / ``from_arch`` return ``YoloMT`` modules
+    (this class is never instantiated)."""
 
-    for key in config:
-        if key not in CONFIG_KEYS:
-            raise _fail(f"unknown key {key!r} for adapter 'native'{did_you_mean(key, CONFIG_KEYS)}")
-    name = config.get("name")
-    scale = config.get("scale")
-    if name is not None:
-        if name not in NAMES:
+    adapter_label = "native adapter"
+    config_keys = CONFIG_KEYS
+    arch_keys = ARCH_KEYS
+
+    @classmethod
+    def _from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        nc_det: int | None,
+        nc_seg: int | None,
+        det_names: Sequence[str] | None,
+        seg_names: Sequence[str] | None,
+    ) -> YoloMT:
+        """Build an unpruned ``yolo_mt`` model from a config dict (keys above); raises ``ConfigError``."""
+        name = config.get("name")
+        scale = config.get("scale")
+        if name is not None:
+            if name not in NAMES:
+                raise _fail(
+                    f"unknown model name {name!r}; expected one of {list(NAMES)}{did_you_mean(name, NAMES)}"
+                )
+            scale = name[len(NAME_PREFIX) :] if scale is None else scale
+        if scale not in SCALES:
+            raise _fail(f"'scale' must be one of {list(SCALES)}, got {scale!r}")
+        head = config.get("head", "anchor")
+        if head not in HEAD_KINDS:
             raise _fail(
-                f"unknown model name {name!r}; expected one of {list(NAMES)}{did_you_mean(name, NAMES)}"
+                f"'head' must be one of {list(HEAD_KINDS)}, got {head!r}{did_you_mean(str(head), HEAD_KINDS)}"
             )
-        scale = name[len(NAME_PREFIX) :] if scale is None else scale
-    if scale not in SCALES:
-        raise _fail(f"'scale' must be one of {list(SCALES)}, got {scale!r}")
-    head = config.get("head", "anchor")
-    if head not in HEAD_KINDS:
-        raise _fail(
-            f"'head' must be one of {list(HEAD_KINDS)}, got {head!r}{did_you_mean(str(head), HEAD_KINDS)}"
-        )
-    reg_max = config.get("reg_max", 16)
-    if not isinstance(reg_max, int) or isinstance(reg_max, bool) or reg_max < 1:
-        raise _fail(f"'reg_max' must be a positive integer, got {reg_max!r}")
-    det_names, seg_names = list(det_names), list(seg_names)
-    _check_names(det_names, seg_names)
-    return YoloMT(
-        layers=default_layers(scale),
-        head=head,
-        det_names=det_names,
-        seg_names=seg_names,
-        anchors=_check_anchors(config.get("anchors"), "native"),
-        reg_max=reg_max,
-        scale=scale,
-    )
-
-
-#: the keys of ``YoloMT.arch()``
-ARCH_KEYS = ("adapter", "family", "scale", "head", "det_names", "seg_names", "strides", "anchors", "reg_max", "layers")
-
-
-def from_arch(arch: dict[str, Any], *, trust_code: Any = False, where: str = "arch") -> YoloMT:
-    """Rebuild a (possibly pruned) ``yolo_mt`` model from ``YoloMT.arch()``; raises ``ConfigError`` if malformed.
-
-    Imports nothing the arch names (``trust_code`` is accepted for the common ``from_arch`` signature). An
-    unknown key (e.g. from a newer mtkd) is refused rather than dropped."""
-    check_keys(arch, ARCH_KEYS, f"{where}: native arch")
-    try:
-        if arch.get("family", "yolo_mt") != "yolo_mt":
-            raise _fail(f"arch 'family' must be 'yolo_mt' for adapter 'native', got {arch.get('family')!r}")
-        _check_names(arch["det_names"], arch["seg_names"])
-        if list(arch.get("strides", STRIDES)) != list(STRIDES):
-            raise _fail(
-                f"native arch 'strides' must be {list(STRIDES)} (fixed topology), got {arch['strides']}"
-            )
+        reg_max = config.get("reg_max", 16)
+        if not isinstance(reg_max, int) or isinstance(reg_max, bool) or reg_max < 1:
+            raise _fail(f"'reg_max' must be a positive integer, got {reg_max!r}")
+        det_names, seg_names = list(det_names or ()), list(seg_names or ())
+        _check_names(det_names, seg_names)
         return YoloMT(
-            layers=arch["layers"],
-            head=arch["head"],
-            det_names=arch["det_names"],
-            seg_names=arch["seg_names"],
-            anchors=_check_anchors(arch.get("anchors"), "arch"),
-            reg_max=int(arch.get("reg_max") or 16),
-            scale=arch.get("scale"),
+            layers=default_layers(scale),
+            head=head,
+            det_names=det_names,
+            seg_names=seg_names,
+            anchors=_check_anchors(config.get("anchors"), "native"),
+            reg_max=reg_max,
+            scale=scale,
         )
-    except KeyError as e:
-        raise _fail(f"native arch is missing key {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise _fail(f"native arch is malformed: {e}") from None
+
+    @classmethod
+    def _from_arch(cls, arch: Mapping[str, Any], *, trust_code: TrustCode, where: str) -> YoloMT:
+        """Rebuild a (possibly pruned) ``yolo_mt`` model from ``YoloMT.arch()``; ``ConfigError`` if malformed.
+
+        Imports nothing the arch names (``trust_code`` is accepted for the common signature). An unknown key
+        (e.g. from a newer mtkd) is refused by the prologue rather than dropped."""
+        try:
+            if arch.get("family", "yolo_mt") != "yolo_mt":
+                raise _fail(
+                    f"arch 'family' must be 'yolo_mt' for adapter 'native', got {arch.get('family')!r}"
+                )
+            _check_names(arch["det_names"], arch["seg_names"])
+            if list(arch.get("strides", STRIDES)) != list(STRIDES):
+                raise _fail(
+                    f"native arch 'strides' must be {list(STRIDES)} (fixed topology), got {arch['strides']}"
+                )
+            return YoloMT(
+                layers=arch["layers"],
+                head=arch["head"],
+                det_names=arch["det_names"],
+                seg_names=arch["seg_names"],
+                anchors=_check_anchors(arch.get("anchors"), "arch"),
+                reg_max=int(arch.get("reg_max") or 16),
+                scale=arch.get("scale"),
+            )
+        except KeyError as e:
+            raise _fail(f"native arch is missing key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise _fail(f"native arch is malformed: {e}") from None
+
+
+#: the protocol class ``mtkd.models.build`` may dispatch to
+ADAPTER = NativeAdapter
+
+
+def build(
+    config: Mapping[str, Any],
+    nc_det: int | None = None,
+    nc_seg: int | None = None,
+    det_names: Sequence[str] | None = None,
+    seg_names: Sequence[str] | None = None,
+) -> YoloMT:
+    """``NativeAdapter.from_config`` (kept for ``mtkd.models.build``'s module dispatch)."""
+    return NativeAdapter.from_config(config, nc_det, nc_seg, det_names, seg_names)
+
+
+def from_arch(arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch") -> YoloMT:
+    """``NativeAdapter.from_arch`` (imports nothing the arch names)."""
+    return NativeAdapter.from_arch(arch, trust_code=trust_code, where=where)

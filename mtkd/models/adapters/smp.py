@@ -27,16 +27,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from mtkd.errors import ConfigError
+from mtkd.models.adapters._common import InputNorm, check_rebuildable, load_state_dict_file, resolve_names
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
-from mtkd.models.adapters.generic import (
-    InputNorm,
-    check_keys,
-    check_rebuildable,
-    load_state_dict_file,
-    resolve_names,
-)
 from mtkd.models.features import FeatureTaps
 from mtkd.models.outputs import MultiTaskOutput
+from mtkd.models.trust import TrustCode
 
 _WHERE = "smp adapter"
 _CONFIG_KEYS = (
@@ -79,6 +74,8 @@ class SmpAdapter(MultiTaskAdapter):
     """
 
     adapter_name = "smp"
+    adapter_label = _WHERE
+    config_keys = _CONFIG_KEYS  # arch_keys: the same (an arch is a config without weights)
 
     def __init__(
         self,
@@ -129,10 +126,59 @@ class SmpAdapter(MultiTaskAdapter):
         }
         check_rebuildable(
             self,
-            lambda: from_arch(arch),
+            lambda: type(self).from_arch(arch),
             what=f"{_WHERE} ({self.recipe['arch']}/{self.recipe['encoder_name']})",
         )
         return arch
+
+    # ---------------------------------------------------------------- construction (base.MultiTaskAdapter)
+    @classmethod
+    def _from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        nc_det: int | None,
+        nc_seg: int | None,
+        det_names: Sequence[str] | None,
+        seg_names: Sequence[str] | None,
+    ) -> SmpAdapter:
+        """Build from a config dict (module docstring). Detection classes and ``head`` do not apply (seg-only)."""
+        if config.get("encoder_weights") is not None:
+            raise ConfigError(
+                f"{_WHERE}: field 'encoder_weights' = {config['encoder_weights']!r}; mtkd never downloads weights: "
+                f"set encoder_weights: null and load trained weights from a local file with 'state_dict: path.pt'"
+            )
+        for key in ("arch", "encoder_name"):
+            if not isinstance(config.get(key), str):
+                raise ConfigError(
+                    f"{_WHERE}: field {key!r} is required (a string, e.g. arch: Unet, encoder_name: resnet18)"
+                )
+        kwargs = config.get("kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(
+                f"{_WHERE}: field 'kwargs' = {kwargs!r}; expected a dict of smp.create_model arguments"
+            )
+        adapter = cls(
+            arch=config["arch"],
+            encoder_name=config["encoder_name"],
+            kwargs=kwargs,
+            seg_names=resolve_names(seg_names, nc_seg, "seg", _WHERE),
+            input_mean=config.get("input_mean"),
+            input_std=config.get("input_std"),
+        )
+        if config.get("state_dict"):
+            load_state_dict_file(adapter.model, config["state_dict"], config.get("state_dict_key"))
+        return adapter
+
+    @classmethod
+    def _from_arch(cls, arch: Mapping[str, Any], *, trust_code: TrustCode, where: str) -> SmpAdapter:
+        """Inverse of ``arch()`` (random weights; the checkpoint's state_dict follows). Imports nothing the arch
+        names (``trust_code`` is accepted for the common signature); ``state_dict``/``head`` are ignored."""
+        return cls.from_config({k: v for k, v in arch.items() if k not in ("state_dict", "head")})
+
+
+#: the protocol class ``mtkd.models.build`` may dispatch to
+ADAPTER = SmpAdapter
 
 
 def build(
@@ -142,38 +188,10 @@ def build(
     det_names: Sequence[str] | None = None,
     seg_names: Sequence[str] | None = None,
 ) -> SmpAdapter:
-    """Build from a config dict (module docstring). Detection classes and ``head`` do not apply (seg-only)."""
-    check_keys(config, _CONFIG_KEYS, _WHERE)
-    if config.get("encoder_weights") is not None:
-        raise ConfigError(
-            f"{_WHERE}: field 'encoder_weights' = {config['encoder_weights']!r}; mtkd never downloads weights: set "
-            f"encoder_weights: null and load trained weights from a local file with 'state_dict: path.pt'"
-        )
-    for key in ("arch", "encoder_name"):
-        if not isinstance(config.get(key), str):
-            raise ConfigError(
-                f"{_WHERE}: field {key!r} is required (a string, e.g. arch: Unet, encoder_name: resnet18)"
-            )
-    kwargs = config.get("kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise ConfigError(
-            f"{_WHERE}: field 'kwargs' = {kwargs!r}; expected a dict of smp.create_model arguments"
-        )
-    adapter = SmpAdapter(
-        arch=config["arch"],
-        encoder_name=config["encoder_name"],
-        kwargs=kwargs,
-        seg_names=resolve_names(seg_names or config.get("seg_names"), nc_seg, "seg", _WHERE),
-        input_mean=config.get("input_mean"),
-        input_std=config.get("input_std"),
-    )
-    if config.get("state_dict"):
-        load_state_dict_file(adapter.model, config["state_dict"], config.get("state_dict_key"))
-    return adapter
+    """``SmpAdapter.from_config`` (kept for ``mtkd.models.build``'s module dispatch)."""
+    return SmpAdapter.from_config(config, nc_det, nc_seg, det_names, seg_names)
 
 
-def from_arch(arch: Mapping[str, Any], *, trust_code: Any = False, where: str = "arch") -> SmpAdapter:
-    """Inverse of ``SmpAdapter.arch()`` (random weights; the checkpoint's state_dict follows).
-
-    Imports nothing the arch names (``trust_code`` is accepted for the common ``from_arch`` signature)."""
-    return build({k: v for k, v in arch.items() if k not in ("state_dict", "head")})
+def from_arch(arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch") -> SmpAdapter:
+    """``SmpAdapter.from_arch`` (imports nothing the arch names)."""
+    return SmpAdapter.from_arch(arch, trust_code=trust_code, where=where)

@@ -38,15 +38,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtkd.errors import CheckpointError, ConfigError
+from mtkd.models.adapters._common import check_head, check_rebuildable, resolve_names
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
-from mtkd.models.adapters.generic import check_head, check_keys, check_rebuildable, resolve_names
 from mtkd.models.adapters.ultralytics_yaml import validate_model_yaml
 from mtkd.models.features import FeatureTaps
 from mtkd.models.heads import SegHead
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
+from mtkd.models.trust import TrustCode
 from mtkd.utils.env import quiet_ultralytics
 
 _CONFIG_KEYS = ("adapter", "model", "weights", "trust_pickle", "seg_head", "det_names", "seg_names", "head")
+_ARCH_KEYS = ("adapter", "yaml", "det_names", "seg_names", "seg_head")
 _WHERE = "ultralytics adapter"
 
 
@@ -78,6 +80,9 @@ class UltralyticsAdapter(MultiTaskAdapter):
     """
 
     adapter_name = "ultralytics"
+    adapter_label = _WHERE
+    config_keys = _CONFIG_KEYS
+    arch_keys = _ARCH_KEYS
 
     def __init__(
         self,
@@ -191,6 +196,77 @@ class UltralyticsAdapter(MultiTaskAdapter):
         )  # fmt: skip
         return arch
 
+    # ---------------------------------------------------------------- construction (base.MultiTaskAdapter)
+    @classmethod
+    def _from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        nc_det: int | None,
+        nc_seg: int | None,
+        det_names: Sequence[str] | None,
+        seg_names: Sequence[str] | None,
+    ) -> UltralyticsAdapter:
+        """Build from a config dict (module docstring). ``nc_det``/``nc_seg`` set the head's classes for a YAML."""
+        if ("model" in config) == ("weights" in config):
+            raise ConfigError(
+                f"{_WHERE}: give exactly one of 'model' (a model YAML) or 'weights' (an Ultralytics .pt)"
+            )
+        if "weights" in config:
+            if config.get("trust_pickle") is not True:
+                raise ConfigError(
+                    f"{_WHERE}: field 'weights' = {config['weights']!r} is a pickled Ultralytics checkpoint; loading it "
+                    f"runs code from the file: set trust_pickle: true only for files you trust"
+                )
+            model = _from_checkpoint(config["weights"])
+            task, nc_model = _head_kind(model), int(model.model[-1].nc)
+            nc_want = nc_det if task == "detect" else nc_seg
+            if nc_want is not None and nc_want != nc_model:
+                raise ConfigError(
+                    f"{config['weights']}: field 'weights': the checkpoint's head has {nc_model} classes, but "
+                    f"nc_{'det' if task == 'detect' else 'seg'} = {nc_want}"
+                )
+            names = getattr(model, "names", None)
+            if (
+                task == "detect"
+                and det_names is None
+                and isinstance(names, Mapping)
+                and len(names) == nc_model
+            ):
+                det_names = [str(names[i]) for i in range(nc_model)]
+        else:
+            cfg = _load_yaml(config["model"])
+            from ultralytics.nn.tasks import guess_model_task
+
+            task = guess_model_task(cfg)
+            names = det_names if task == "detect" else seg_names
+            nc_want = (nc_det if task == "detect" else nc_seg) or (len(names) if names else None)
+            model = _from_yaml(cfg, nc_want)
+            nc_model = int(model.model[-1].nc)
+        check_head(config.get("head"), "anchor_free" if task == "detect" else None, _WHERE)
+        if task == "detect":
+            det = resolve_names(det_names, nc_model, "det", _WHERE)
+            seg = resolve_names(seg_names, nc_seg, "seg", _WHERE)
+        else:  # seg-only: det classes of the data (if any) do not apply; check_compatible reports a det mismatch
+            det, seg = [], resolve_names(seg_names, nc_model, "seg", _WHERE)
+        return cls(model, det_names=det, seg_names=seg, seg_head=config.get("seg_head"))
+
+    @classmethod
+    def _from_arch(cls, arch: Mapping[str, Any], *, trust_code: TrustCode, where: str) -> UltralyticsAdapter:
+        """Inverse of ``arch()`` (random weights; the checkpoint's state_dict follows).
+
+        SECURITY: the arch's YAML passes ``validate_model_yaml`` before Ultralytics sees it, so it never runs
+        code; there is nothing ``trust_code`` could allow here (accepted for the common signature).
+        """
+        if not isinstance(arch.get("yaml"), Mapping):
+            raise ConfigError(f"{_WHERE} arch: field 'yaml' must be the model YAML dict")
+        cfg = copy.deepcopy(dict(arch["yaml"]))
+        model = _from_yaml(cfg, cfg.get("nc"), f"{_WHERE} arch field 'yaml'")
+        return cls(
+            model, det_names=arch.get("det_names") or (), seg_names=arch.get("seg_names") or (),
+            seg_head=arch.get("seg_head"),
+        )  # fmt: skip
+
 
 # -------------------------------------------------------------------------------------------------------- build
 def _reference(arch: Mapping[str, Any]) -> nn.Module:
@@ -264,6 +340,10 @@ def _from_checkpoint(path: str | Path) -> nn.Module:
     return model
 
 
+#: the protocol class ``mtkd.models.build`` may dispatch to
+ADAPTER = UltralyticsAdapter
+
+
 def build(
     config: Mapping[str, Any],
     nc_det: int | None = None,
@@ -271,61 +351,12 @@ def build(
     det_names: Sequence[str] | None = None,
     seg_names: Sequence[str] | None = None,
 ) -> UltralyticsAdapter:
-    """Build from a config dict (module docstring). ``nc_det``/``nc_seg`` set the head's classes for a YAML."""
-    check_keys(config, _CONFIG_KEYS, _WHERE)
-    det_names = det_names or config.get("det_names")
-    seg_names = seg_names or config.get("seg_names")
-    if ("model" in config) == ("weights" in config):
-        raise ConfigError(
-            f"{_WHERE}: give exactly one of 'model' (a model YAML) or 'weights' (an Ultralytics .pt)"
-        )
-    if "weights" in config:
-        if config.get("trust_pickle") is not True:
-            raise ConfigError(
-                f"{_WHERE}: field 'weights' = {config['weights']!r} is a pickled Ultralytics checkpoint; loading it "
-                f"runs code from the file: set trust_pickle: true only for files you trust"
-            )
-        model = _from_checkpoint(config["weights"])
-        task, nc_model = _head_kind(model), int(model.model[-1].nc)
-        nc_want = nc_det if task == "detect" else nc_seg
-        if nc_want is not None and nc_want != nc_model:
-            raise ConfigError(
-                f"{config['weights']}: field 'weights': the checkpoint's head has {nc_model} classes, but "
-                f"nc_{'det' if task == 'detect' else 'seg'} = {nc_want}"
-            )
-        names = getattr(model, "names", None)
-        if task == "detect" and det_names is None and isinstance(names, Mapping) and len(names) == nc_model:
-            det_names = [str(names[i]) for i in range(nc_model)]
-    else:
-        cfg = _load_yaml(config["model"])
-        from ultralytics.nn.tasks import guess_model_task
-
-        task = guess_model_task(cfg)
-        names = det_names if task == "detect" else seg_names
-        nc_want = (nc_det if task == "detect" else nc_seg) or (len(names) if names else None)
-        model = _from_yaml(cfg, nc_want)
-        nc_model = int(model.model[-1].nc)
-    check_head(config.get("head"), "anchor_free" if task == "detect" else None, _WHERE)
-    if task == "detect":
-        det = resolve_names(det_names, nc_model, "det", _WHERE)
-        seg = resolve_names(seg_names, nc_seg, "seg", _WHERE)
-    else:  # seg-only: det classes of the data (if any) do not apply; check_compatible reports a det mismatch
-        det, seg = [], resolve_names(seg_names, nc_model, "seg", _WHERE)
-    return UltralyticsAdapter(model, det_names=det, seg_names=seg, seg_head=config.get("seg_head"))
+    """``UltralyticsAdapter.from_config`` (kept for ``mtkd.models.build``'s module dispatch)."""
+    return UltralyticsAdapter.from_config(config, nc_det, nc_seg, det_names, seg_names)
 
 
-def from_arch(arch: Mapping[str, Any], *, trust_code: Any = False, where: str = "arch") -> UltralyticsAdapter:
-    """Inverse of ``UltralyticsAdapter.arch()`` (random weights; the checkpoint's state_dict follows).
-
-    The arch's YAML passes ``validate_model_yaml`` before Ultralytics sees it, so it never runs code; there is
-    nothing ``trust_code`` could allow here (accepted for the common ``from_arch`` signature).
-    """
-    check_keys(arch, ("adapter", "yaml", "det_names", "seg_names", "seg_head"), f"{_WHERE} arch")
-    if not isinstance(arch.get("yaml"), Mapping):
-        raise ConfigError(f"{_WHERE} arch: field 'yaml' must be the model YAML dict")
-    cfg = copy.deepcopy(dict(arch["yaml"]))
-    model = _from_yaml(cfg, cfg.get("nc"), f"{_WHERE} arch field 'yaml'")
-    return UltralyticsAdapter(
-        model, det_names=arch.get("det_names") or (), seg_names=arch.get("seg_names") or (),
-        seg_head=arch.get("seg_head"),
-    )  # fmt: skip
+def from_arch(
+    arch: Mapping[str, Any], *, trust_code: TrustCode = False, where: str = "arch"
+) -> UltralyticsAdapter:
+    """``UltralyticsAdapter.from_arch``: the arch's YAML is validated before Ultralytics sees it."""
+    return UltralyticsAdapter.from_arch(arch, trust_code=trust_code, where=where)

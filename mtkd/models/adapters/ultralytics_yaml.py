@@ -81,7 +81,9 @@ def _literal(x: Any) -> bool:
 
 def _int_list(x: Any) -> bool:
     ok = isinstance(x, int) and not isinstance(x, bool)
-    return ok or (isinstance(x, list) and bool(x) and all(isinstance(v, int) and not isinstance(v, bool) for v in x))
+    return ok or (
+        isinstance(x, list) and bool(x) and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+    )
 
 
 def validate_model_yaml(cfg: Any, where: str) -> None:
@@ -98,20 +100,27 @@ def validate_model_yaml(cfg: Any, where: str) -> None:
     for section in ("backbone", "head"):
         layers = cfg.get(section)
         if not isinstance(layers, list):
-            raise ConfigError(f"{where}: field {section!r} must be a list of [from, repeats, module, args] layers")
+            raise ConfigError(
+                f"{where}: field {section!r} must be a list of [from, repeats, module, args] layers"
+            )
         for i, layer in enumerate(layers):
             field = f"{section}[{i}]"
             if not (isinstance(layer, (list, tuple)) and len(layer) == 4):
-                raise ConfigError(f"{where}: field {field!r} = {str(layer)[:80]}; expected [from, repeats, module, args]")
+                raise ConfigError(
+                    f"{where}: field {field!r} = {str(layer)[:80]}; expected [from, repeats, module, args]"
+                )
             frm, n, module, args = layer
             if not _int_list(frm) or not (isinstance(n, int) and not isinstance(n, bool)):
-                raise ConfigError(f"{where}: field {field!r}: 'from' must be an int or a list of ints and 'repeats' "
-                                  f"an int, got {frm!r}, {n!r}")
+                raise ConfigError(
+                    f"{where}: field {field!r}: 'from' must be an int or a list of ints and 'repeats' "
+                    f"an int, got {frm!r}, {n!r}"
+                )
             if not isinstance(module, str) or not _allowed_layer(module):
                 raise ConfigError(
                     f"{where}: field {field!r}: module {str(module)[:80]!r} is not an allowed layer (Ultralytics' "
                     f"exported layer classes, nn.<Module> or torchvision.ops.<Module>)"
                 )
             if not isinstance(args, list) or not _literal(args):
-                raise ConfigError(f"{where}: field {field!r}: args must be a list of plain literals, got "
-                                  f"{str(args)[:80]}")
+                raise ConfigError(
+                    f"{where}: field {field!r}: args must be a list of plain literals, got {str(args)[:80]}"
+                )

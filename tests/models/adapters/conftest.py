@@ -65,6 +65,12 @@ def toys():
 
 
 @pytest.fixture
+def adapter_cases() -> dict[str, tuple[dict, int, int]]:
+    """``CASES``: case name -> (config, nc_det, nc_seg)."""
+    return CASES
+
+
+@pytest.fixture
 def imgsz() -> int:
     return IMGSZ
 

@@ -1,15 +1,14 @@
-"""Generic adapter: YOLOP-like model (sigmoid seg, anchor det), probability → logit conversions, import-path
-construction from a state_dict file, and the error messages users see."""
+"""Generic adapter: YOLOP-like model (sigmoid seg, anchor det), import-path construction from a state_dict file,
+and the error messages users see (probability → logit conversions: ``test_output_map.py``)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 from mtkd.errors import CheckpointError, ConfigError
-from mtkd.models.adapters.generic import GenericAdapter, build, probs_to_logits
+from mtkd.models.adapters.det_layouts import anchor_det_output
+from mtkd.models.adapters.generic import GenericAdapter, build
 
 IMGSZ = 64
 
@@ -29,37 +28,6 @@ def _yolop_config(**over):
     }
     cfg.update(over)
     return cfg
-
-
-# ------------------------------------------------------------------------------------------ probs_to_logits
-def test_probs_to_logits_known_values():
-    p = torch.tensor([0.5, 0.75, 0.2]).view(1, 3, 1, 1)
-    # multi-channel sigmoid: logit(p) = log(p / (1 - p))
-    torch.testing.assert_close(
-        probs_to_logits(p, "sigmoid").flatten(), torch.tensor([0.0, math.log(3.0), math.log(0.25)])
-    )
-    # single-channel sigmoid: two-class logits [log(1 - p), log(p)]
-    b = probs_to_logits(torch.full((1, 1, 1, 1), 0.75), "sigmoid").flatten()
-    torch.testing.assert_close(b, torch.tensor([math.log(0.25), math.log(0.75)]))
-    # softmax: log p
-    torch.testing.assert_close(probs_to_logits(p, "softmax").flatten(), p.log().flatten())
-    assert probs_to_logits(p, "logits") is p
-
-
-def test_probs_to_logits_round_trips():
-    torch.manual_seed(0)
-    sm = torch.softmax(torch.randn(2, 4, 5, 5) * 3, dim=1)
-    torch.testing.assert_close(torch.softmax(probs_to_logits(sm, "softmax"), 1), sm, atol=1e-6, rtol=1e-5)
-    fg = torch.rand(2, 1, 5, 5) * 0.98 + 0.01
-    torch.testing.assert_close(torch.softmax(probs_to_logits(fg, "sigmoid"), 1), torch.cat([1 - fg, fg], 1))
-    multi = torch.rand(2, 2, 5, 5) * 0.98 + 0.01
-    logits = probs_to_logits(multi, "sigmoid")
-    torch.testing.assert_close(torch.sigmoid(logits), multi)
-    assert torch.equal(logits.argmax(1), multi.argmax(1))
-    # saturated probabilities stay finite (clamped to [eps, 1 - eps])
-    edge = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
-    assert torch.isfinite(probs_to_logits(edge, "sigmoid")).all()
-    assert torch.isfinite(probs_to_logits(edge, "softmax")).all()
 
 
 # ------------------------------------------------------------------------------------------ YOLOP-like model
@@ -100,8 +68,6 @@ def test_flat_and_nested_anchors_and_map_layout_agree(toys):
     nested = [[[3, 9], [5, 11], [4, 20]], [[7, 18], [6, 39], [12, 31]], [[19, 50], [38, 81], [68, 157]]]
     b = build(_yolop_config(anchors=nested), nc_det=2, nc_seg=2)
     assert a.det_spec() == b.det_spec()
-    from mtkd.models.adapters.generic import anchor_det_output
-
     levels = [torch.randn(2, 3, s, s, 7) for s in (8, 4, 2)]
     maps = [t.permute(0, 1, 4, 2, 3).reshape(2, 21, t.shape[2], t.shape[3]) for t in levels]
     d1 = anchor_det_output(levels, strides=(8, 16, 32), anchors=a.anchors, nc=2, where="t")
