@@ -36,8 +36,10 @@ def _usage() -> str:
 def run_command(name: str, argv: Sequence[str]) -> int:
     """Run command ``name`` with ``argv``; user errors become a one-line message and exit code 2."""
     from mtkd.utils.env import configure_offline
+    from mtkd.utils.log import setup_cli_logging
 
     configure_offline()
+    setup_cli_logging()
     target, _ = COMMANDS[name]
     module, func = target.split(":")
     try:
