@@ -12,6 +12,9 @@ current working directory, like every CLI path.
 Every value is type- and range-checked: an unknown key raises ``ConfigError`` with a "did you mean"
 suggestion, a bad value names the key, the value and the allowed type/range. Distillation is on iff
 ``teacher`` is set.
+
+The one schema: distillation (``temperature``, ``alpha_*``, ``ratio_*``, ``distill.*``) and ``aug.*`` are
+validated here only, with their defaults; classes take typed values. Imports only mtkd.errors and mtkd.utils.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from typing import Any, Union
 import yaml
 
 from mtkd.errors import ConfigError
-from mtkd.utils.schedules import Schedule
 from mtkd.utils import yaml_load
 from mtkd.utils.atomic import write_text
+from mtkd.utils.schedules import Schedule
 from mtkd.utils.suggest import did_you_mean
 
 Schedulable = float | dict  # a number or a schedule mapping {kind, start, end} (mtkd.utils.schedules)
@@ -50,16 +53,12 @@ def _device_check(v: str) -> str | None:
     return None if re.fullmatch(r"cpu|cuda(:\d+)?", v) else "expected 'cpu', 'cuda' or 'cuda:N'"
 
 
-def _aug_check(v: dict) -> str | None:
-    if not v:
-        return None
-    from mtkd.data.transforms import AugmentParams  # lazy: imports albumentations
+_POSITIVE, _NON_NEGATIVE = (0.0, math.inf, False, False), (0.0, math.inf, True, False)  # (0, inf), [0, inf)
+_UNIT, _COUNT = (0.0, 1.0, True, True), (1, 100_000, True, True)  # [0, 1], [1, 100000]
 
-    names = [f.name for f in dataclasses.fields(AugmentParams)]
-    for k in v:
-        if k not in names:
-            return f"has unknown key {k!r}{_did_you_mean(str(k), names, 'aug.')}; valid: {', '.join(names)}"
-    return None
+
+def _scale_check(v: tuple) -> str | None:
+    return None if len(v) == 2 and 0 < v[0] <= v[1] else "expected [low, high] with 0 < low <= high"
 
 
 @dataclass(frozen=True)
@@ -70,32 +69,54 @@ class OptimConfig:
                                                           range_=(0.0, 1.0, True, False)))
     momentum: float = field(default=0.937, metadata=_m("SGD momentum / AdamW beta1", range_=(0.0, 1.0, True, False)))
     warmup_epochs: float = field(default=1.0, metadata=_m("linear LR warmup length in epochs (per iteration)",
-                                                          range_=(0.0, math.inf, True, False)))
-    warmup_start: float = field(default=0.1, metadata=_m("LR factor at the start of warmup",
-                                                         range_=(0.0, 1.0, True, True)))
-    final_lr: float = field(default=0.01, metadata=_m("cosine end LR as a factor of lr",
-                                                      range_=(0.0, 1.0, True, True)))
-    grad_clip: float = field(default=10.0, metadata=_m("max gradient L2 norm; 0 = off",
-                                                       range_=(0.0, math.inf, True, False)))
+                                                          range_=_NON_NEGATIVE))
+    warmup_start: float = field(default=0.1, metadata=_m("LR factor at the start of warmup", range_=_UNIT))
+    final_lr: float = field(default=0.01, metadata=_m("cosine end LR as a factor of lr", range_=_UNIT))
+    grad_clip: float = field(default=10.0, metadata=_m("max gradient L2 norm; 0 = off", range_=_NON_NEGATIVE))
 
 
 @dataclass(frozen=True)
 class DetKDConfig:
-    weight: float = field(default=1.0, metadata=_m("multiplies box + obj + cls KD", range_=(0.0, math.inf, True, False)))
+    weight: float = field(default=1.0, metadata=_m("multiplies box + obj + cls KD", range_=_NON_NEGATIVE))
     weight_by_teacher: bool = field(default=True, metadata=_m("weight anchors by teacher confidence"))
     ld: bool = field(default=False, metadata=_m("anchor-free heads: KL over DFL bins instead of MSE"))
     temperature: float | None = field(default=None, metadata=_m("LD temperature; null = follow temperature",
-                                                                range_=(0.0, math.inf, False, False)))
+                                                                range_=_POSITIVE))
+
+
+#: ``distill.feat_kd.options`` per kind: ``{kind: {option: (type, metadata)}}``; an option not given takes its
+#: loss class's default (``mtkd.losses.feature_kd``), the only default it has.
+FEAT_KD_OPTIONS: dict[str, dict[str, tuple[type, dict]]] = {
+    "fitnet": {}, "at": {"p": (float, _m("attention map exponent", range_=_POSITIVE))}, "sp": {},
+    "cc": {"kernel": (str, _m("correlation kernel", choices=("gaussian", "bilinear"))),
+           "gamma": (float, _m("Gaussian kernel width", range_=_POSITIVE)),
+           "order": (int, _m("Taylor order of the Gaussian kernel", range_=(1, 100, True, True)))},
+    "cwd": {"temperature": (float, _m("CWD temperature", range_=_POSITIVE))},
+}
 
 
 @dataclass(frozen=True)
 class FeatKDConfig:
     names: tuple[str, ...] = field(default=(), metadata=_m("feature taps to distill, e.g. [p3, p4, p5]; [] = off"))
-    kind: str = field(default="fitnet", metadata=_m("feature loss", choices=("fitnet", "at", "sp", "cc", "cwd")))
-    weight: float = field(default=1.0, metadata=_m("feature KD weight", range_=(0.0, math.inf, True, False)))
+    kind: str = field(default="fitnet", metadata=_m("feature loss", choices=tuple(FEAT_KD_OPTIONS)))
+    weight: float = field(default=1.0, metadata=_m("feature KD weight", range_=_NON_NEGATIVE))
     connector_bn: bool = field(default=True, metadata=_m("BatchNorm after connector convs"))
-    options: dict = field(default_factory=dict, metadata=_m("kind options: p (at), kernel/gamma/order (cc), "
-                                                            "temperature (cwd)"))
+    options: dict = field(default_factory=dict, metadata=_m("kind options (FEAT_KD_OPTIONS)"))
+
+    def __post_init__(self) -> None:
+        """Checks across fields: unique tap names; ``options`` of ``kind`` only (coerced to their type)."""
+        if len({n.replace(".", "_") for n in self.names}) != len(self.names):  # the connectors' module keys
+            raise ConfigError(f"distill.feat_kd.names: duplicate feature names (dots count as '_'): "
+                              f"{list(self.names)}")
+        allowed, options = FEAT_KD_OPTIONS.get(self.kind, {}), {}
+        for k, v in self.options.items():
+            if k not in allowed:
+                valid = ", ".join(allowed) or "none"
+                raise ConfigError(f"distill.feat_kd.options: {k!r} is not an option of kind {self.kind!r}"
+                                  f"{_did_you_mean(str(k), list(allowed))}; its options: {valid}")
+            options[k] = _coerce(f"distill.feat_kd.options.{k}", v, allowed[k][0])
+            _check_value(f"distill.feat_kd.options.{k}", options[k], allowed[k][1])
+        object.__setattr__(self, "options", options)
 
 
 @dataclass(frozen=True)
@@ -106,12 +127,29 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class AugConfig:
+    """Training augmentation strengths (``mtkd.data.transforms.AugmentParams`` is this class); the defaults
+    suit 128-640 px multi-task training."""
+
+    scale: tuple[float, float] = field(default=(0.5, 1.5), metadata=_m(
+        "random long side range [low, high], as a multiple of imgsz", check=_scale_check))
+    hflip: float = field(default=0.5, metadata=_m("probability of a horizontal flip", range_=_UNIT))
+    brightness: float = field(default=0.3, metadata=_m("colour jitter brightness", range_=_NON_NEGATIVE))
+    contrast: float = field(default=0.3, metadata=_m("colour jitter contrast", range_=_NON_NEGATIVE))
+    saturation: float = field(default=0.5, metadata=_m("colour jitter saturation", range_=_NON_NEGATIVE))
+    hue: float = field(default=0.015, metadata=_m("colour jitter hue", range_=(0.0, 0.5, True, True)))
+    jitter_p: float = field(default=0.8, metadata=_m("probability of the colour jitter", range_=_UNIT))
+    min_visibility: float = field(default=0.2, metadata=_m("drop a box keeping less area", range_=_UNIT))
+    min_area: float = field(default=4.0, metadata=_m("drop a smaller box (px²)", range_=_NON_NEGATIVE))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: str = field(default="datasets/shapes.yaml", metadata=_m("dataset descriptor YAML"))
     model: str | dict = field(default="yolo_mt_n", metadata=_m("student model name or adapter config"))
     head: str = field(default="anchor", metadata=_m("detection head", choices=("anchor", "anchor_free")))
     imgsz: int = field(default=128, metadata=_m("image size", range_=(32, 8192, True, True), check=_imgsz_check))
-    epochs: int = field(default=50, metadata=_m("total epochs", range_=(1, 100_000, True, True)))
+    epochs: int = field(default=50, metadata=_m("total epochs", range_=_COUNT))
     batch: int = field(default=16, metadata=_m("global batch size (split over DDP ranks)",
                                                range_=(1, 65_536, True, True)))
     workers: int = field(default=2, metadata=_m("dataloader workers per rank", range_=(0, 64, True, True)))
@@ -135,15 +173,13 @@ class TrainConfig:
     ema: bool = field(default=True, metadata=_m("keep an EMA of the student (saved as the model)"))
     ema_decay: float = field(default=0.9999, metadata=_m("EMA decay", range_=(0.0, 1.0, False, False)))
     ema_tau: float = field(default=2000.0, metadata=_m("EMA warmup (updates)", range_=(0.0, math.inf, False, False)))
-    eval_every: int = field(default=1, metadata=_m("evaluate every N epochs (and at the last)",
-                                                   range_=(1, 100_000, True, True)))
+    eval_every: int = field(default=1, metadata=_m("evaluate every N epochs and at the last", range_=_COUNT))
     patience: int = field(default=0, metadata=_m("stop after N evals without improvement; 0 = off",
                                                  range_=(0, 100_000, True, True)))
     conf: float = field(default=0.001, metadata=_m("eval NMS confidence", range_=(0.0, 1.0, True, True)))
     iou: float = field(default=0.6, metadata=_m("eval NMS IoU", range_=(0.0, 1.0, False, True)))
     augment: bool = field(default=True, metadata=_m("train-time augmentation"))
-    aug: dict = field(default_factory=dict, metadata=_m("augmentation strengths (mtkd.data.transforms.AugmentParams)",
-                                                        check=_aug_check))
+    aug: AugConfig = field(default_factory=AugConfig, metadata=_m("augmentation strengths ({} = defaults)"))
     tensorboard: bool = field(default=True, metadata=_m("write TensorBoard logs to the run dir"))
     optim: OptimConfig = field(default_factory=OptimConfig, metadata=_m("optimizer and LR schedule"))
     distill: DistillConfig = field(default_factory=DistillConfig, metadata=_m("distillation options"))
@@ -161,8 +197,11 @@ class TrainConfig:
         return Path(self.project) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (lists, not tuples): YAML- and ``weights_only``-checkpoint safe."""
-        return _plain(dataclasses.asdict(self))
+        """Nested plain dict (lists, not tuples): YAML- and ``weights_only``-checkpoint safe. ``aug`` keeps only its
+        non-default keys (``{}`` = all defaults), so config files and checkpoints read as before it was typed."""
+        d = _plain(dataclasses.asdict(self))
+        d["aug"] = {k: v for k, v in d["aug"].items() if v != _plain(getattr(AugConfig, k))}
+        return d
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with top-level fields changed."""

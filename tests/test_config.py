@@ -136,3 +136,112 @@ def test_amp_off_trains(tmp_path):
                                "epochs=1", "batch=2", "workers=0", "tensorboard=false", f"project={tmp_path}",
                                "name=amp_off"])
     assert rc == 0 and (tmp_path / "amp_off" / "weights" / "last.pt").is_file()
+
+
+# ---------------------------------------------------------------- the distillation schema (validated here only)
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("alpha_seg=1.5", "alpha_seg: 1.5 is outside the allowed range [0.0, 1.0]"),
+        ("alpha_det={kind: linear, start: 0, end: 2}", "alpha_det: schedule 0.0 -> 2.0 is outside the allowed range"),
+        ("ratio_det=-1", "ratio_det: -1.0 is outside the allowed range [0.0, inf)"),
+        ("ratio_seg=-1", "ratio_seg: -1.0 is outside the allowed range [0.0, inf)"),
+        ("temperature=0", "temperature: 0.0 is outside the allowed range (0.0, inf)"),
+        ("temperature={kind: cosine, start: 0, end: 4}", "temperature: schedule 0.0 -> 4.0 is outside"),
+        ("temperature={kind: linaer, start: 1, end: 4}", "did you mean 'linear'?"),
+        ("alpha_sge=0.5", "unknown config key 'alpha_sge' (did you mean 'alpha_seg'?)"),
+        ("distill.seg_kd=kll", "distill.seg_kd: 'kll' is not one of ['kl', 'cwd'] (did you mean 'kl'?)"),
+        ("distill.det_kd.wieght=1", "unknown config key 'distill.det_kd.wieght' (did you mean 'distill.det_kd.weight'?)"),
+        ("distill.det_kd.ld=maybe", "distill.det_kd.ld: expected bool, got str 'maybe'"),
+        ("distill.det_kd.weight=-1", "distill.det_kd.weight: -1.0 is outside the allowed range [0.0, inf)"),
+        ("distill.det_kd.temperature=0", "distill.det_kd.temperature: 0.0 is outside the allowed range (0.0, inf)"),
+        ("distill.feat_kd.knd=at", "did you mean 'distill.feat_kd.kind'?"),
+        ("distill.feat_kd.kind=fitnte", "distill.feat_kd.kind: 'fitnte' is not one of ['fitnet', 'at', 'sp', 'cc', "
+                                        "'cwd'] (did you mean 'fitnet'?)"),
+        ("distill.feat_kd.weight=-2", "distill.feat_kd.weight: -2.0 is outside the allowed range [0.0, inf)"),
+        ("distill.feat_kd.names=[p3, p3]", "distill.feat_kd.names: duplicate feature names (dots count as '_')"),
+        ("distill.feat_kd={kind: at, options: {gamma: 0.1}}",
+         "distill.feat_kd.options: 'gamma' is not an option of kind 'at'; its options: p"),
+        ("distill.feat_kd={kind: cc, options: {gama: 0.1}}", "'gama' is not an option of kind 'cc' (did you mean "
+                                                             "'gamma'?); its options: kernel, gamma, order"),
+        ("distill.feat_kd={kind: fitnet, options: {p: 2}}", "'p' is not an option of kind 'fitnet'; its options: none"),
+        ("distill.feat_kd={kind: cc, options: {kernel: box}}",
+         "distill.feat_kd.options.kernel: 'box' is not one of ['gaussian', 'bilinear']"),
+        ("distill.feat_kd={kind: cc, options: {order: 1.5}}", "distill.feat_kd.options.order: expected int"),
+        ("distill.feat_kd={kind: cwd, options: {temperature: 0}}",
+         "distill.feat_kd.options.temperature: 0.0 is outside the allowed range (0.0, inf)"),
+        ("distill.feat_kd={kind: at, options: {p: -1}}", "distill.feat_kd.options.p: -1.0 is outside"),
+        ("distill=[0.5]", "distill: expected a mapping, got list [0.5]"),
+    ],
+)
+def test_distill_keys_name_the_key_and_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["teacher=t.pt", override])
+    assert message in str(e.value)
+
+
+def test_feat_kd_options_are_typed_and_fit_the_loss_classes():
+    """The options the schema accepts per kind are the keyword arguments of that kind's loss class (whose defaults are
+    the only ones), and a valid section builds the distiller the config describes."""
+    import inspect
+
+    from mtkd.config import FEAT_KD_OPTIONS
+    from mtkd.losses import FEATURE_LOSSES, DistillLoss
+
+    assert list(FEAT_KD_OPTIONS) == list(FEATURE_LOSSES)
+    for kind, options in FEAT_KD_OPTIONS.items():
+        init = vars(FEATURE_LOSSES[kind]).get("__init__")
+        params = [p for p in inspect.signature(init).parameters if p != "self"] if init else []
+        assert sorted(options) == sorted(params), kind
+    cfg = load_config(None, ["teacher=t.pt", "distill.feat_kd={names: [p3, p4], kind: cc, options: {gamma: 1, order: 3}}"])
+    assert cfg.distill.feat_kd.options == {"gamma": 1.0, "order": 3}
+    assert isinstance(cfg.distill.feat_kd.options["gamma"], float)
+    loss = DistillLoss.from_config(cfg).feature.loss
+    assert (loss.kernel, loss.gamma, loss.order) == ("gaussian", 1.0, 3)
+
+
+# ---------------------------------------------------------------- the augmentation section
+def test_aug_is_a_typed_section_and_empty_means_defaults(tmp_path):
+    from mtkd.config import AugConfig, build_config
+    from mtkd.data.transforms import AugmentParams
+
+    assert AugmentParams is AugConfig
+    default = load_config(None, []).aug
+    assert default == AugConfig() and default.scale == (0.5, 1.5) and default.hflip == 0.5
+    assert build_config({"aug": {}}).aug == default and build_config({"aug": None}).aug == default
+    assert load_config(None, []).to_dict()["aug"] == {}  # saved as before: only the keys that differ from defaults
+    old = tmp_path / "config.yaml"  # a config.yaml (or a checkpoint's config) saved before aug was typed
+    old.write_text("epochs: 3\naug: {}\n")
+    assert load_config(old).aug == default
+    cfg = load_config(None, ["aug={scale: [0.8, 1.25], hflip: 0}", "min_area=2"])  # flat keys of the section work
+    assert cfg.aug == AugConfig(scale=(0.8, 1.25), hflip=0.0, min_area=2.0)
+    assert cfg.to_dict()["aug"]["scale"] == [0.8, 1.25] and load_config(save_config(cfg, tmp_path / "s.yaml")) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("aug.scale=[1.5, 0.5]", "aug.scale: (1.5, 0.5) expected [low, high] with 0 < low <= high"),
+        ("aug.scale=[1.0]", "aug.scale: (1.0,) expected [low, high]"),
+        ("aug.hflip=2", "aug.hflip: 2.0 is outside the allowed range [0.0, 1.0]"),
+        ("aug.hue=0.7", "aug.hue: 0.7 is outside the allowed range [0.0, 0.5]"),
+        ("aug.brightness=-1", "aug.brightness: -1.0 is outside the allowed range [0.0, inf)"),
+        ("aug.min_area=x", "aug.min_area: expected float, got str 'x'"),
+    ],
+)
+def test_aug_values_name_key_and_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_config_imports_no_other_subpackage():
+    """``mtkd.config`` sits at the bottom of the package graph: only ``mtkd.errors`` and ``mtkd.utils`` (also inside
+    functions)."""
+    import ast
+
+    tree = ast.parse((ROOT / "mtkd" / "config.py").read_text())
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    bad = [m for m in mods if m.startswith("mtkd") and not (m == "mtkd.errors" or m.startswith("mtkd.utils"))]
+    assert not bad, bad

@@ -19,29 +19,18 @@ Randomness comes only from a per-call seed (``transform(raw, seed=k)``), so an i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mtkd.config import AugConfig
 from mtkd.data.samples import RawSample
 
 PAD_VALUE = 114  # grey letterbox padding (114/255), as in YOLO
 
 
-@dataclass(frozen=True)
-class AugmentParams:
-    """Training augmentation strengths (defaults suit 128-640 px multi-task training)."""
-
-    scale: tuple[float, float] = (0.5, 1.5)  # random long side range, as a multiple of imgsz
-    hflip: float = 0.5  # probability of a horizontal flip
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.5
-    hue: float = 0.015
-    jitter_p: float = 0.8  # probability of applying the colour jitter
-    min_visibility: float = 0.2  # drop a box keeping less than this fraction of its area
-    min_area: float = 4.0  # drop a box smaller than this many px² after the transform
+#: Training augmentation strengths: the typed ``aug`` section of the training config (fields and defaults there).
+AugmentParams = AugConfig
 
 
 def letterbox_geometry(h0: int, w0: int, imgsz: int) -> tuple[float, tuple[int, int], tuple[int, int]]:

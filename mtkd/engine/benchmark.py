@@ -2,9 +2,11 @@
 
 On the same batches, interleaved round-robin so that background load hits every measurement alike, it times
 
-- ``student_step``: a full plain training step of the student (forward, task loss, backward, optimizer, EMA);
+- ``student_step``: a full plain training step of the student (``TrainTask``: forward, task loss, backward,
+  optimizer, EMA);
 - ``teacher_forward``: the frozen teacher's forward under ``no_grad`` (with the feature taps KD uses);
-- ``kd_step``: a full distillation training step (student step + teacher forward + KD losses + connectors);
+- ``kd_step``: a full distillation training step (``DistillTask``: student step + teacher forward + KD losses +
+  connectors);
 
 and reports medians after warm-up, plus
 
@@ -82,6 +84,7 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> Any:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from mtkd.engine.task import TrainTask
     from mtkd.engine.trainer import Trainer
     from mtkd.eval.evaluate import evaluate_model
 
@@ -100,26 +103,22 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 break
         load_s = time.perf_counter() - t_load
         n_loaded = sum(len(b["images"]) for b in batches)
-        teacher = trainer.teacher
-        feats = trainer.feature_names
+        kd = trainer.task  # a DistillTask: student + connectors, the teacher outside
+        plain = TrainTask(kd.student, kd.task_loss, ratio_seg=cfg.ratio_seg, ratio_det=cfg.ratio_det)
+        feats = kd.feature_names
 
-        def student_step(b):
-            trainer.teacher = None  # same loop, plain loss
-            try:
-                trainer.run_step(b, 0, 0)
-            finally:
-                trainer.teacher = teacher
+        def student_step(b):  # same step, same optimizer, plain task (the student's task losses only)
+            trainer.run_step(b, 0, 0, task=plain)
 
         def teacher_forward(b):
             with torch.no_grad():
-                teacher(b["images"].to(trainer.device).float(), features=feats)
+                kd.teacher(b["images"].to(trainer.device).float(), features=feats)
 
         def kd_step(b):
             trainer.run_step(b, 0, 0)
 
         fns = {"student_step": student_step, "teacher_forward": teacher_forward, "kd_step": kd_step}
-        trainer.student.train()
-        trainer.distill.train()
+        kd.train()
         for i in range(args.warmup):
             for fn in fns.values():
                 fn(batches[i % len(batches)])

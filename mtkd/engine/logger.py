@@ -11,6 +11,9 @@ from typing import Any
 
 from mtkd.utils.atomic import atomic_write
 
+#: the terms shown in the progress bar, and the first loss columns of ``results.csv``, in this order
+SHOWN = ("loss", "seg_loss", "det_loss", "seg_kd", "det_kd", "feat_kd")
+
 
 class ResultsCSV:
     """``results.csv`` with one row per epoch and every term/metric as a column.
@@ -73,6 +76,12 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = float(v)
     return out
+
+
+def metric_columns(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The ``results.csv`` / TensorBoard columns of an evaluation's metrics (``flatten_metrics`` without the
+    ``data`` entry)."""
+    return flatten_metrics({k: v for k, v in metrics.items() if k != "data"})
 
 
 class TensorBoard:

@@ -1,5 +1,5 @@
-"""Trainer set-up: run dir (name check, lock, existing-run check), resume resolution and validation,
-student/teacher/distillation-loss construction.
+"""Trainer set-up: run dir (name check, lock, existing-run check), resume resolution and validation (the models
+and the task are built by ``mtkd.engine.task``).
 
 Run folder ``{project}/{name}/`` (DESIGN.md §4): ``config.yaml``, ``results.csv``, ``weights/last.pt``,
 ``weights/best.pt``, TensorBoard event files, and ``.lock`` while a run owns it. ``RunLock`` holds an exclusive
@@ -14,11 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from mtkd.config import TrainConfig, build_config
-from mtkd.errors import CheckpointError, CompatibilityError, ConfigError, OutputError
+from mtkd.errors import CheckpointError, ConfigError, OutputError
 from mtkd.utils.atomic import describe_os_error, remove_stale_temps
 
 #: keys that may differ between a resumed run's saved config and the command that resumes it
@@ -146,7 +143,7 @@ def check_train_state(ckpt: Mapping[str, Any], path: Path, full: bool = True) ->
 
     Raises ``ConfigError`` when there is no training state (best.pt, an exported model) and ``CheckpointError``
     naming the file and field when a field has the wrong type. Tensor states are checked when loaded
-    (``Trainer._load_train_state``).
+    (``mtkd.engine.state.load_train_state``).
     """
     st = ckpt.get("train")
     if not isinstance(st, Mapping) or "optimizer" not in st:
@@ -244,85 +241,3 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: Path, resuming: bool, create: boo
                 (run_dir / stale).unlink(missing_ok=True)
     except OSError as e:
         raise OutputError(f"{run_dir}: cannot prepare the run folder ({describe_os_error(e)})") from None
-
-
-def _check_names(model: nn.Module, spec: Any, who: str) -> None:
-    for task in ("det", "seg"):
-        have, want = list(getattr(model, f"{task}_names")), list(getattr(spec, f"{task}_names"))
-        if have and have != want:
-            raise CompatibilityError(f"{who}: {task} classes {have} differ from the dataset's {want} ({spec.yaml_path})")
-
-
-def build_student(cfg: TrainConfig, spec: Any, arch: dict | None = None) -> nn.Module:
-    """The student: from ``arch`` (resume), from ``student=`` weights, or fresh from ``model``/``head``."""
-    from mtkd.models import build_from_arch, build_model, load_model
-
-    if arch is not None:
-        where = str(cfg.run_dir / "weights" / "last.pt" if cfg.resume is True else cfg.resume)
-        try:
-            model = build_from_arch(arch, trust_code=cfg.trust_code, where=where)
-        except ConfigError as e:
-            raise CheckpointError(f"{where}: cannot rebuild the model from its arch: {e}") from None
-    elif cfg.student is not None:
-        model = load_model(cfg.student, trust_code=cfg.trust_code)
-        _check_names(model, spec, f"student {cfg.student}")
-    else:
-        model = build_model(cfg.model, nc_det=spec.nc_det, nc_seg=spec.nc_seg, head=cfg.head,
-                            det_names=spec.det_names, seg_names=spec.seg_names)
-    return model
-
-
-def build_teacher(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.device) -> nn.Module | None:
-    """The frozen teacher (``requires_grad=False``, eval mode, never trained), checked against the student."""
-    if cfg.teacher is None:
-        return None
-    from mtkd.models import check_compatible, load_model
-
-    teacher = load_model(cfg.teacher, trust_code=cfg.trust_code)
-    _check_names(teacher, spec, f"teacher {cfg.teacher}")
-    check_compatible(teacher, student)
-    return freeze(teacher).to(device)
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """No grads, eval mode, and ``.train()`` becomes a no-op so a caller cannot switch it back by accident."""
-    model.requires_grad_(False)
-    model.eval()
-    model.train = lambda mode=True: model  # type: ignore[method-assign]
-    return model
-
-
-@torch.no_grad()
-def feature_channels(model: nn.Module, names: list[str], imgsz: int, device: torch.device) -> dict[str, int]:
-    """``{name: C}`` of the requested feature taps, from one dummy forward in eval mode."""
-    was = model.training
-    model.eval()
-    out = model(torch.zeros(1, 3, imgsz, imgsz, device=device), features=names)
-    nn.Module.train(model, was)
-    return {n: int(f.shape[1]) for n, f in out.features.items()}
-
-
-def distill_section(cfg: TrainConfig, ignore_index: int) -> dict[str, Any]:
-    """The mapping ``DistillLoss.from_config`` takes, from the flat KD keys and the ``distill`` section."""
-    d = cfg.to_dict()
-    fk = d["distill"]["feat_kd"]
-    feat = ({"names": fk["names"], "kind": fk["kind"], "weight": fk["weight"], "connector_bn": fk["connector_bn"],
-             **fk["options"]} if fk["names"] else None)
-    return {"temperature": d["temperature"], "alpha_seg": d["alpha_seg"], "alpha_det": d["alpha_det"],
-            "ratio_seg": d["ratio_seg"], "ratio_det": d["ratio_det"], "seg_kd": d["distill"]["seg_kd"],
-            "seg_ignore_index": ignore_index, "det_kd": d["distill"]["det_kd"], "feat_kd": feat}
-
-
-def build_distill(cfg: TrainConfig, spec: Any, student: nn.Module, teacher: nn.Module | None,
-                  device: torch.device) -> nn.Module | None:
-    """``DistillLoss`` with its connectors built from both models' feature channels (None without a teacher)."""
-    if teacher is None:
-        return None
-    from mtkd.losses.combine import DistillLoss
-
-    loss = DistillLoss.from_config(distill_section(cfg, spec.ignore_index))
-    names = loss.feature_names
-    if names:
-        loss.build(feature_channels(student.to(device), names, cfg.imgsz, device),
-                   feature_channels(teacher, names, cfg.imgsz, device))
-    return loss.to(device)

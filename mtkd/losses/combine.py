@@ -8,43 +8,25 @@
 
 ``temperature``, ``alpha_seg`` and ``alpha_det`` may follow a ``Schedule`` over training progress.
 
-Config mapping (``DistillLoss.from_config``; every key optional, unknown keys rejected). In a training config
-``temperature``, the alphas and the ratios are top-level keys and the rest sits under ``distill:``; error
-messages name the keys that way (``alpha_seg``, ``distill.det_kd.weight``)::
-
-    temperature: 1.0          # > 0; number or {kind: constant|linear|cosine, start, end}
-    alpha_seg: 0.5            # [0, 1]; number or schedule
-    alpha_det: 0.5            # [0, 1]; number or schedule
-    ratio_seg: 1.0            # >= 0
-    ratio_det: 1.0            # >= 0
-    seg_kd: kl                # kl (pixel-wise KL) | cwd (channel-wise distillation)
-    seg_ignore_index: 255     # pixels with batch["masks"] == this are left out of seg KL; null = keep all
-    det_kd:                   # detection logit KD options
-      weight: 1.0             # >= 0, multiplies (box + obj + cls)
-      weight_by_teacher: true # weight anchors by teacher objectness / max class score
-      ld: false               # anchor-free heads: KL over DFL bins instead of MSE on DFL logits
-      temperature: null       # LD temperature; null = follow `temperature`
-    feat_kd:                  # null = no feature distillation
-      names: [p3, p4, p5]     # feature taps present in both models' outputs
-      kind: fitnet            # fitnet | at | sp | cc | cwd
-      weight: 1.0             # feat_weight >= 0
-      connector_bn: true      # BatchNorm after connector convs
-      # kind-specific: p (at), kernel/gamma/order (cc), temperature (cwd)
+The options are the typed values of the training config (``mtkd.config``: top-level ``temperature``,
+``alpha_seg``, ``alpha_det``, ``ratio_seg``, ``ratio_det`` and the ``distill`` section), validated there and
+only there; ``DistillLoss`` takes them as they are, with the config's defaults (``DistillLoss.from_config``
+reads a ``TrainConfig``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
-from mtkd.errors import CompatibilityError, ConfigError
+from mtkd.config import DetKDConfig, DistillConfig, FeatKDConfig, TrainConfig
+from mtkd.errors import CompatibilityError
 from mtkd.losses.feature_kd import FeatureDistiller
 from mtkd.losses.logit_kd import det_logit_kd, seg_cwd, seg_kl, zero_like
-from mtkd.utils.schedules import Schedule, did_you_mean
 from mtkd.models.outputs import MultiTaskOutput
+from mtkd.utils.schedules import Schedule
 
 #: Main terms, always present in the result of ``DistillLoss.forward`` and ``plain_loss``.
 MAIN_KEYS = ("seg_loss", "seg_kd", "det_loss", "det_kd", "feat_kd", "loss")
@@ -60,35 +42,6 @@ EXTRA_KEYS = (
     "alpha_det",
 )
 
-_TOP_KEYS = (
-    "temperature",
-    "alpha_seg",
-    "alpha_det",
-    "ratio_seg",
-    "ratio_det",
-    "seg_kd",
-    "seg_ignore_index",
-    "det_kd",
-    "feat_kd",
-)
-_DET_DEFAULTS: dict[str, Any] = {"weight": 1.0, "weight_by_teacher": True, "ld": False, "temperature": None}
-_FEAT_KEYS = ("names", "kind", "weight", "connector_bn", "p", "kernel", "gamma", "order", "temperature")
-_SEG_KD = ("kl", "cwd")
-
-
-def _number(value: Any, key: str, *, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value < math.inf):
-        raise ConfigError(f"{key}: {value!r} is outside the allowed range [{low}, inf)")
-    return float(value)
-
-
-def _check_keys(cfg: Mapping, allowed: tuple[str, ...], key: str) -> None:
-    for k in cfg:
-        if k not in allowed:
-            raise ConfigError(
-                f"{key}: unknown key {k!r}, expected one of {list(allowed)}{did_you_mean(str(k), allowed)}"
-            )
-
 
 class DistillLoss(nn.Module):
     """Task + distillation loss combination; owns the feature connectors (its only parameters).
@@ -96,95 +49,73 @@ class DistillLoss(nn.Module):
     Keep it separate from the student: ``student.state_dict()`` never contains connectors, and
     ``DistillLoss.state_dict()`` holds only them. Give ``DistillLoss.parameters()`` to the optimizer together
     with the student's (after ``build`` when feature KD uses connectors) and call ``.train()`` / ``.to(device)``
-    on it like on the student.
+    on it like on the student (the trainer's distillation task does both).
 
-    Args (keyword-only; see the module docstring for the config form):
-        temperature: ``T > 0``, number / schedule mapping / ``Schedule``.
-        alpha_seg, alpha_det: in ``[0, 1]``, number / schedule mapping / ``Schedule``.
+    Args (keyword-only; typed values as ``mtkd.config`` validates them, defaults from there):
+        temperature: ``T > 0``: a number, a ``Schedule`` or the config's schedule mapping ``{kind, start, end}``.
+        alpha_seg, alpha_det: in ``[0, 1]``, same forms as ``temperature``.
         ratio_seg, ratio_det: ``>= 0``.
         seg_kd: ``"kl"`` (``seg_kl``) or ``"cwd"`` (``seg_cwd``).
         seg_ignore_index: mask pixels where ``batch["masks"] == seg_ignore_index`` out of the seg KL
-            (needs ``batch`` in ``forward``); ``None`` keeps every pixel.
-        det_kd: options of ``det_logit_kd``: ``weight``, ``weight_by_teacher``, ``ld``, ``temperature``.
-        feat_kd: ``None``, a ``FeatureDistiller``, or its options ``{names, kind, weight, ...}``.
+            (needs ``batch`` in ``forward``); ``None`` keeps every pixel. The dataset's ``ignore_index``.
+        det_kd: ``DetKDConfig`` (options of ``det_logit_kd``: ``weight``, ``weight_by_teacher``, ``ld``,
+            ``temperature``; ``temperature=None`` follows ``temperature``).
+        feat_kd: ``None``, a ``FeatKDConfig`` (no ``names``: off) or a ready ``FeatureDistiller``.
         student_channels, teacher_channels: ``{name: C}`` to build the connectors at once.
     """
 
     def __init__(
         self,
         *,
-        temperature: float | Mapping | Schedule = 1.0,
-        alpha_seg: float | Mapping | Schedule = 0.5,
-        alpha_det: float | Mapping | Schedule = 0.5,
-        ratio_seg: float = 1.0,
-        ratio_det: float = 1.0,
-        seg_kd: str = "kl",
+        temperature: float | Mapping | Schedule = TrainConfig.temperature,
+        alpha_seg: float | Mapping | Schedule = TrainConfig.alpha_seg,
+        alpha_det: float | Mapping | Schedule = TrainConfig.alpha_det,
+        ratio_seg: float = TrainConfig.ratio_seg,
+        ratio_det: float = TrainConfig.ratio_det,
+        seg_kd: str = DistillConfig.seg_kd,
         seg_ignore_index: int | None = 255,
-        det_kd: Mapping[str, Any] | None = None,
-        feat_kd: Mapping[str, Any] | FeatureDistiller | None = None,
+        det_kd: DetKDConfig | None = None,
+        feat_kd: FeatKDConfig | FeatureDistiller | None = None,
         student_channels: Mapping[str, int] | None = None,
         teacher_channels: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.temperature = Schedule.parse(temperature, key="temperature")
-        self.temperature.check_range("temperature", low=0.0, low_inclusive=False)
         self.alpha_seg = Schedule.parse(alpha_seg, key="alpha_seg")
-        self.alpha_seg.check_range("alpha_seg", low=0.0, high=1.0)
         self.alpha_det = Schedule.parse(alpha_det, key="alpha_det")
-        self.alpha_det.check_range("alpha_det", low=0.0, high=1.0)
-        self.ratio_seg = _number(ratio_seg, "ratio_seg")
-        self.ratio_det = _number(ratio_det, "ratio_det")
-        if seg_kd not in _SEG_KD:
-            raise ConfigError(
-                f"distill.seg_kd: {seg_kd!r} is not one of {list(_SEG_KD)}{did_you_mean(str(seg_kd), _SEG_KD)}"
-            )
+        self.ratio_seg, self.ratio_det = float(ratio_seg), float(ratio_det)
         self.seg_kd = seg_kd
-        if seg_ignore_index is not None and (
-            isinstance(seg_ignore_index, bool) or not isinstance(seg_ignore_index, int)
-        ):
-            raise ConfigError(f"seg_ignore_index: expected an integer or null, got {seg_ignore_index!r}")
         self.seg_ignore_index = seg_ignore_index
-        self.det_options = self._det_options(det_kd or {})
-        if isinstance(feat_kd, Mapping):
-            _check_keys(feat_kd, _FEAT_KEYS, "distill.feat_kd")
-            feat_kd = FeatureDistiller(**feat_kd)
-        elif feat_kd is not None and not isinstance(feat_kd, FeatureDistiller):
-            raise ConfigError(f"distill.feat_kd: expected a mapping or null, got {type(feat_kd).__name__}")
+        self.det_kd = det_kd if det_kd is not None else DetKDConfig()
+        if isinstance(feat_kd, FeatKDConfig):
+            feat_kd = _feature_distiller(feat_kd)
         self.feature: FeatureDistiller | None = feat_kd
         if self.feature is not None and student_channels is not None and teacher_channels is not None:
             self.feature.build(student_channels, teacher_channels)
 
-    @staticmethod
-    def _det_options(det_kd: Mapping[str, Any]) -> dict[str, Any]:
-        if not isinstance(det_kd, Mapping):
-            raise ConfigError(f"distill.det_kd: expected a mapping, got {type(det_kd).__name__}")
-        _check_keys(det_kd, tuple(_DET_DEFAULTS), "distill.det_kd")
-        opts = {**_DET_DEFAULTS, **det_kd}
-        opts["weight"] = _number(opts["weight"], "distill.det_kd.weight")
-        for k in ("weight_by_teacher", "ld"):
-            if not isinstance(opts[k], bool):
-                raise ConfigError(f"distill.det_kd.{k}: expected true or false, got {opts[k]!r}")
-        if opts["temperature"] is not None:
-            t = opts["temperature"]
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < math.inf):
-                raise ConfigError(f"distill.det_kd.temperature: {t!r} is outside the allowed range (0, inf)")
-            opts["temperature"] = float(t)
-        return opts
-
     @classmethod
     def from_config(
         cls,
-        cfg: Mapping[str, Any] | None,
+        cfg: TrainConfig,
         *,
+        ignore_index: int | None = 255,
         student_channels: Mapping[str, int] | None = None,
         teacher_channels: Mapping[str, int] | None = None,
     ) -> DistillLoss:
-        """Build from the distillation config section (keys in the module docstring); unknown keys raise."""
-        if cfg is not None and not isinstance(cfg, Mapping):
-            raise ConfigError(f"DistillLoss config: expected a mapping, got {type(cfg).__name__}")
-        cfg = dict(cfg or {})
-        _check_keys(cfg, _TOP_KEYS, "DistillLoss config")
-        return cls(**cfg, student_channels=student_channels, teacher_channels=teacher_channels)
+        """From a validated training config (``mtkd.config.load_config``); ``ignore_index`` is the dataset's."""
+        return cls(
+            temperature=cfg.temperature,
+            alpha_seg=cfg.alpha_seg,
+            alpha_det=cfg.alpha_det,
+            ratio_seg=cfg.ratio_seg,
+            ratio_det=cfg.ratio_det,
+            seg_kd=cfg.distill.seg_kd,
+            seg_ignore_index=ignore_index,
+            det_kd=cfg.distill.det_kd,
+            feat_kd=cfg.distill.feat_kd,
+            student_channels=student_channels,
+            teacher_channels=teacher_channels,
+        )
 
     @property
     def feature_names(self) -> list[str]:
@@ -240,15 +171,15 @@ class DistillLoss(nn.Module):
 
         det_terms = {"det_kd": zero, "det_kd_box": zero, "det_kd_obj": zero, "det_kd_cls": zero}
         if s_out.det is not None and t_out.det is not None:
-            o = self.det_options
+            o = self.det_kd
             det_terms.update(
                 det_logit_kd(
                     s_out.det,
                     t_out.det,
-                    weight=o["weight"],
-                    weight_by_teacher=o["weight_by_teacher"],
-                    ld=o["ld"],
-                    temperature=o["temperature"] if o["temperature"] is not None else temp,
+                    weight=o.weight,
+                    weight_by_teacher=o.weight_by_teacher,
+                    ld=o.ld,
+                    temperature=o.temperature if o.temperature is not None else temp,
                 )
             )
         else:
@@ -285,8 +216,17 @@ class DistillLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, alpha_seg={self.alpha_seg}, alpha_det={self.alpha_det}, "
-            f"ratio_seg={self.ratio_seg}, ratio_det={self.ratio_det}, seg_kd={self.seg_kd!r}, det_kd={self.det_options}"
+            f"ratio_seg={self.ratio_seg}, ratio_det={self.ratio_det}, seg_kd={self.seg_kd!r}, det_kd={self.det_kd}"
         )
+
+
+def _feature_distiller(cfg: FeatKDConfig) -> FeatureDistiller | None:
+    """The ``FeatureDistiller`` of a ``distill.feat_kd`` section (``None`` when it names no feature)."""
+    if not cfg.names:
+        return None
+    return FeatureDistiller(
+        names=list(cfg.names), kind=cfg.kind, weight=cfg.weight, connector_bn=cfg.connector_bn, **cfg.options
+    )
 
 
 def _reference(s_out: MultiTaskOutput, task: Mapping[str, Tensor]) -> Tensor | None:
@@ -308,7 +248,10 @@ def _require_teacher(task_name: str, s: Any, t: Any, weight: float) -> None:
 
 
 def plain_loss(
-    task: Mapping[str, Tensor], *, ratio_seg: float = 1.0, ratio_det: float = 1.0
+    task: Mapping[str, Tensor],
+    *,
+    ratio_seg: float = TrainConfig.ratio_seg,
+    ratio_det: float = TrainConfig.ratio_det,
 ) -> dict[str, Tensor]:
     """Training without a teacher: ``loss = ratio_det * det_loss + ratio_seg * seg_loss``.
 
@@ -316,7 +259,7 @@ def plain_loss(
     every KD term, ``temperature`` and the alphas set to 0, so logs have the same columns either way (only the
     per-tap ``feat_kd_<name>`` columns exist in distilled runs alone).
     """
-    ratio_seg, ratio_det = _number(ratio_seg, "ratio_seg"), _number(ratio_det, "ratio_det")
+    ratio_seg, ratio_det = float(ratio_seg), float(ratio_det)
     zero = zero_like(next((v for v in task.values() if isinstance(v, Tensor)), None))
     out: dict[str, Tensor] = {k: v for k, v in task.items() if k not in MAIN_KEYS + EXTRA_KEYS}
     seg_loss = task["seg_loss"].float() if "seg_loss" in task else zero

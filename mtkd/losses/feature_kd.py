@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtkd.config import FeatKDConfig
 from mtkd.errors import CompatibilityError, ConfigError
 from mtkd.losses.connectors import Connector
 from mtkd.losses.logit_kd import channel_wise_kl, resize_like
@@ -102,8 +103,6 @@ class CCLoss(nn.Module):
 
     def __init__(self, kernel: str = "gaussian", gamma: float = 0.4, order: int = 2) -> None:
         super().__init__()
-        if kernel not in ("gaussian", "bilinear"):
-            raise ConfigError(f"distill.feat_kd.kernel: {kernel!r} is not one of ['gaussian', 'bilinear']")
         self.kernel, self.gamma, self.order = kernel, float(gamma), int(order)
 
     def correlation(self, f: Tensor) -> Tensor:
@@ -133,10 +132,6 @@ class CWDFeatureLoss(nn.Module):
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ConfigError(
-                f"distill.feat_kd.temperature: {temperature!r} is outside the allowed range (0, inf)"
-            )
         self.temperature = float(temperature)
 
     def forward(self, s: Tensor, t: Tensor) -> Tensor:
@@ -160,7 +155,8 @@ def _module_key(name: str) -> str:
 class FeatureDistiller(nn.Module):
     """Feature KD over several named taps with one loss kind, owning the connectors.
 
-    Args:
+    Args (typed values of the ``distill.feat_kd`` config section, validated by ``mtkd.config`` and only there;
+    defaults from there):
         names: feature names to distill (keys of ``MultiTaskOutput.features``), e.g. ``["p3", "p4", "p5"]``.
         kind: ``"fitnet" | "at" | "sp" | "cc" | "cwd"`` (see module docstring for which use connectors).
         weight: the ``feat_weight`` of the combination; stored here, applied by ``DistillLoss``.
@@ -177,33 +173,17 @@ class FeatureDistiller(nn.Module):
         self,
         *,
         names: Iterable[str],
-        kind: str = "fitnet",
-        weight: float = 1.0,
+        kind: str = FeatKDConfig.kind,
+        weight: float = FeatKDConfig.weight,
         student_channels: Mapping[str, int] | None = None,
         teacher_channels: Mapping[str, int] | None = None,
-        connector_bn: bool = True,
+        connector_bn: bool = FeatKDConfig.connector_bn,
         **loss_kwargs: float | int | str,
     ) -> None:
         super().__init__()
         self.names = [str(n) for n in ([names] if isinstance(names, str) else names)]
-        if not self.names:
-            raise ConfigError("distill.feat_kd.names: expected at least one feature name, got []")
-        keys = [_module_key(n) for n in self.names]
-        if len(set(keys)) != len(keys):
-            raise ConfigError(
-                f"distill.feat_kd.names: duplicate feature names (dots count as '_'): {self.names}"
-            )
-        if kind not in FEATURE_LOSSES:
-            raise ConfigError(
-                f"distill.feat_kd.kind: {kind!r} is not one of {list(FEATURE_LOSSES)}{did_you_mean(kind, list(FEATURE_LOSSES))}"
-            )
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 <= weight < math.inf):
-            raise ConfigError(f"distill.feat_kd.weight: {weight!r} is outside the allowed range [0, inf)")
         self.kind, self.weight, self.connector_bn = kind, float(weight), bool(connector_bn)
-        try:
-            self.loss = FEATURE_LOSSES[kind](**loss_kwargs)
-        except TypeError as e:
-            raise ConfigError(f"distill.feat_kd: bad option for kind {kind!r}: {e}") from None
+        self.loss = FEATURE_LOSSES[kind](**loss_kwargs)
         self.connectors = nn.ModuleDict()
         self.built = not self.uses_connector
         if student_channels is not None and teacher_channels is not None:

@@ -17,8 +17,8 @@ import torch
 from mtkd.checkpoint import load_checkpoint, save_checkpoint
 from mtkd.cli import run_command
 from mtkd.config import load_config
-from mtkd.engine import trainer as trainer_mod
-from mtkd.engine.hooks import HookBase
+from mtkd.engine import state as state_mod
+from mtkd.engine.hooks import Evaluation, HookBase
 from mtkd.engine.logger import ResultsCSV
 from mtkd.engine.setup import RunLock
 from mtkd.engine.trainer import Trainer
@@ -76,7 +76,7 @@ def two_epoch_ref(base_overrides):
 
 def _kill_on_save(monkeypatch, name: str, epoch: int, nth: int = 1):
     """Die right after the ``nth`` successful write of ``weights/name`` holding ``epoch`` finished epochs."""
-    real, seen = trainer_mod.save_checkpoint, []
+    real, seen = state_mod.save_checkpoint, []  # every checkpoint file is written through mtkd.engine.state
 
     def save(ckpt, path):
         out = real(ckpt, path)
@@ -86,7 +86,7 @@ def _kill_on_save(monkeypatch, name: str, epoch: int, nth: int = 1):
                 raise Killed
         return out
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
+    monkeypatch.setattr(state_mod, "save_checkpoint", save)
 
 
 @pytest.mark.parametrize(("name", "nth"), [("last.pt", 1), ("best.pt", 1), ("last.pt", 2)],
@@ -117,15 +117,15 @@ def test_failing_evaluation_keeps_the_epoch(two_epoch_ref, monkeypatch):
     """last.pt is written before the evaluation: an evaluation that fails loses no training, and the resume runs
     the pending evaluation first."""
     common, ref = two_epoch_ref
-    real = Trainer.evaluate
+    real = Evaluation.evaluate
 
     def evaluate(self):
-        if self.epoch == 1:
+        if self.trainer.epoch == 1:
             raise MtkdError("evaluation failed (injected)")
         return real(self)
 
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "evaluate", evaluate)
+        m.setattr(Evaluation, "evaluate", evaluate)
         with pytest.raises(MtkdError, match="injected"):
             _train([*common, "name=evalfail"])
     run = ref.parent / "evalfail"

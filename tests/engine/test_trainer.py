@@ -184,7 +184,7 @@ class _NanAt(HookBase):
         self.at = (epoch, step)
 
     def before_train(self) -> None:
-        t, real = self.trainer, self.trainer.task_loss
+        t, real = self.trainer, self.trainer.task.task_loss
 
         def loss(out, batch):
             terms = real(out, batch)
@@ -192,7 +192,7 @@ class _NanAt(HookBase):
                 terms["det_loss"] = terms["det_loss"] * float("nan")
             return terms
 
-        t.task_loss = loss
+        t.task.task_loss = loss
 
 
 def test_nan_loss_stops_with_step_and_term(base_overrides):
@@ -221,8 +221,14 @@ def test_checkpoint_refuses_nan_weights(base_overrides):
 class _CheckTeacher(HookBase):
     def after_step(self) -> None:
         t = self.trainer
-        assert t.teacher is not None and not t.teacher.training and t.student.training
-        assert all(not p.requires_grad and p.grad is None for p in t.teacher.parameters())
+        teacher = t.task.teacher
+        assert teacher is not None and not teacher.training and t.student.training
+        assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+        # the task (what DDP wraps and the optimizer sees) is student + connectors; the teacher stays outside
+        assert not any(m is teacher for m in t.task.modules())
+        assert not any(k.startswith("teacher") for k in t.task.state_dict())
+        ids = {id(p) for p in teacher.parameters()}
+        assert not any(id(p) in ids for g in t.optimizer.param_groups for p in g["params"])
         self.checked = True
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mtkd.config import DetKDConfig, FeatKDConfig
 from mtkd.losses import MAIN_KEYS, DistillLoss
 from mtkd.losses.task import TaskLoss
 from mtkd.models import build_model
@@ -28,7 +29,7 @@ def test_distill_builtin_pair(head, kind, ld):
     batch["masks"][:, :8] = 255
     s_out = student(x, features=NAMES)
     t_out = teacher(x, features=NAMES)  # deliberately without no_grad: the losses must detach
-    dl = DistillLoss(det_kd={"ld": ld}, feat_kd={"names": NAMES, "kind": kind}).build(
+    dl = DistillLoss(det_kd=DetKDConfig(ld=ld), feat_kd=FeatKDConfig(names=tuple(NAMES), kind=kind)).build(
         {n: f.shape[1] for n, f in s_out.features.items()}, {n: f.shape[1] for n, f in t_out.features.items()}
     )
     assert all(not c.is_identity for c in dl.feature.connectors.values())  # n and s widths differ

@@ -1,4 +1,5 @@
-"""DistillLoss / plain_loss: the formula on hand numbers, schedules, zero terms, gradients, state, config."""
+"""DistillLoss / plain_loss: the formula on hand numbers, schedules, zero terms, gradients, state, construction from
+the typed config (its validation and error messages are tested in tests/test_config.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtkd.errors import CompatibilityError, ConfigError
-from mtkd.losses import EXTRA_KEYS, MAIN_KEYS, DistillLoss, plain_loss, seg_kl
+from mtkd.config import DetKDConfig, FeatKDConfig, load_config
+from mtkd.errors import CompatibilityError
+from mtkd.losses import EXTRA_KEYS, MAIN_KEYS, DistillLoss, Schedule, plain_loss, seg_kl
 from mtkd.models.outputs import DetOutput, MultiTaskOutput, flatten_levels
 
 K = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)  # KL([3/4, 1/4] || [1/2, 1/2]), see test_seg_kd
@@ -52,8 +54,8 @@ def test_formula_on_hand_numbers():
         alpha_det=0.5,
         ratio_seg=2.0,
         ratio_det=0.5,
-        det_kd={"weight": 2.0, "weight_by_teacher": False},
-        feat_kd={"names": ["p3"], "kind": "at", "weight": 3.0},
+        det_kd=DetKDConfig(weight=2.0, weight_by_teacher=False),
+        feat_kd=FeatKDConfig(names=("p3",), kind="at", weight=3.0),
     )
     out = dl(
         s,
@@ -75,8 +77,8 @@ def test_formula_on_hand_numbers():
 def test_schedules_drive_temperature_and_alphas():
     s, t = hand_outputs()
     dl = DistillLoss(
-        temperature={"kind": "cosine", "start": 1.0, "end": 4.0},
-        alpha_seg={"kind": "linear", "start": 0.0, "end": 1.0},
+        temperature=Schedule("cosine", 1.0, 4.0),
+        alpha_seg={"kind": "linear", "start": 0.0, "end": 1.0},  # the config's form of a schedule
         alpha_det=0.0,
     )
     task = {"seg_loss": torch.tensor(2.0), "det_loss": torch.tensor(3.0)}
@@ -92,8 +94,8 @@ def test_teacher_equals_student_gives_zero_kd():
     s, _ = hand_outputs()
     dl = DistillLoss(
         temperature=4.0,
-        det_kd={"weight_by_teacher": True},
-        feat_kd={"names": ["p3"], "kind": "fitnet"},
+        det_kd=DetKDConfig(weight_by_teacher=True),
+        feat_kd=FeatKDConfig(names=("p3",), kind="fitnet"),
         student_channels={"p3": 2},
         teacher_channels={"p3": 2},
     )
@@ -110,13 +112,13 @@ def test_ignore_index_from_batch_masks():
     )
     masks = torch.randint(0, 3, (2, 8, 8), generator=g)
     masks[0, :4] = 255
-    out = DistillLoss(seg_ignore_index=255)(
+    out = DistillLoss(temperature=1.0, seg_ignore_index=255)(
         s, t, {"seg_loss": torch.tensor(0.0)}, 0.0, batch={"masks": masks}
     )
     expected = seg_kl(s.seg, t.seg, ignore_mask=masks == 255)
     assert out["seg_kd"].item() == pytest.approx(expected.item())
     assert expected.item() != pytest.approx(seg_kl(s.seg, t.seg).item())
-    unmasked = DistillLoss(seg_ignore_index=None)(
+    unmasked = DistillLoss(temperature=1.0, seg_ignore_index=None)(
         s, t, {"seg_loss": torch.tensor(0.0)}, 0.0, batch={"masks": masks}
     )
     assert unmasked["seg_kd"].item() == pytest.approx(seg_kl(s.seg, t.seg).item())
@@ -146,10 +148,9 @@ def test_plain_loss_same_columns_and_formula():
     assert out["loss"].item() == pytest.approx(0.5 * 3.0 + 2.0 * 2.0)
     assert all(out[k].item() == 0.0 for k in ("seg_kd", "det_kd", "feat_kd", "alpha_seg", "alpha_det"))
     s, t = hand_outputs()
-    distilled = DistillLoss(feat_kd={"names": ["p3"], "kind": "sp"})(s, t, task, 0.0)
+    distilled = DistillLoss(feat_kd=FeatKDConfig(names=("p3",), kind="sp"))(s, t, task, 0.0)
     assert set(distilled) - set(out) == {"feat_kd_p3"}
-    with pytest.raises(ConfigError, match="ratio_seg"):
-        plain_loss(task, ratio_seg=-1.0)
+    assert plain_loss(task)["loss"].item() == pytest.approx(3.0 + 2.0)  # the config's default ratios (1, 1)
 
 
 class Toy(nn.Module):
@@ -173,7 +174,7 @@ def test_gradients_reach_only_student_and_connectors(kind):
     torch.manual_seed(0)
     student, teacher = Toy(4), Toy(8)  # teacher params deliberately left requires_grad=True and no no_grad()
     dl = DistillLoss(
-        feat_kd={"names": ["p3"], "kind": kind}, student_channels={"p3": 4}, teacher_channels={"p3": 8}
+        feat_kd=FeatKDConfig(names=("p3",), kind=kind), student_channels={"p3": 4}, teacher_channels={"p3": 8}
     )
     x = torch.rand(2, 3, 8, 8)
     masks = torch.randint(0, 3, (2, 8, 8))
@@ -190,54 +191,48 @@ def test_gradients_reach_only_student_and_connectors(kind):
 def test_connector_state_separate_from_student():
     student = Toy(4)
     dl = DistillLoss(
-        feat_kd={"names": ["p3"], "kind": "fitnet"}, student_channels={"p3": 4}, teacher_channels={"p3": 8}
+        feat_kd=FeatKDConfig(names=("p3",), kind="fitnet"), student_channels={"p3": 4}, teacher_channels={"p3": 8}
     )
     keys = list(dl.state_dict())
     assert keys and all(k.startswith("feature.connectors.p3.") for k in keys)
     assert not any("connectors" in k for k in student.state_dict())
     ids = {id(p) for p in student.parameters()}
     assert not any(id(p) in ids for p in dl.parameters())
-    dl2 = DistillLoss.from_config({"feat_kd": {"names": ["p3"], "kind": "fitnet"}})
+    dl2 = DistillLoss.from_config(load_config(None, ["distill.feat_kd.names=[p3]", "distill.feat_kd.kind=fitnet"]))
     dl2.build({"p3": 4}, {"p3": 8})
     dl2.load_state_dict(dl.state_dict())  # resume restores connectors
     assert dl2.feature_names == ["p3"] and DistillLoss().feature_names == []
 
 
 def test_from_config_full_section():
-    cfg = {
-        "temperature": {"kind": "linear", "start": 4, "end": 1},
-        "alpha_seg": 0.3,
-        "alpha_det": 0.7,
-        "ratio_seg": 1.0,
-        "ratio_det": 2.0,
-        "seg_kd": "cwd",
-        "seg_ignore_index": None,
-        "det_kd": {"weight": 0.5, "weight_by_teacher": False, "ld": True, "temperature": 10},
-        "feat_kd": {"names": ["p3"], "kind": "cc", "weight": 0.1, "kernel": "bilinear"},
-    }
-    dl = DistillLoss.from_config(cfg)
-    assert dl.temperature(1.0) == 1.0 and dl.det_options["temperature"] == 10.0 and dl.seg_kd == "cwd"
+    cfg = load_config(
+        None,
+        [
+            "temperature={kind: linear, start: 4, end: 1}",
+            "alpha_seg=0.3",
+            "alpha_det=0.7",
+            "ratio_seg=1.0",
+            "ratio_det=2.0",
+            "distill.seg_kd=cwd",
+            "distill.det_kd={weight: 0.5, weight_by_teacher: false, ld: true, temperature: 10}",
+            "distill.feat_kd={names: [p3], kind: cc, weight: 0.1, options: {kernel: bilinear}}",
+        ],
+    )
+    dl = DistillLoss.from_config(cfg, ignore_index=None)
+    assert dl.temperature(1.0) == 1.0 and dl.det_kd.temperature == 10.0 and dl.seg_kd == "cwd"
+    assert (dl.alpha_seg(0.5), dl.alpha_det(0.5), dl.ratio_seg, dl.ratio_det) == (0.3, 0.7, 1.0, 2.0)
+    assert dl.det_kd == DetKDConfig(weight=0.5, weight_by_teacher=False, ld=True, temperature=10.0)
     assert dl.feature.kind == "cc" and dl.feature.weight == 0.1 and dl.feature.built
-    assert DistillLoss.from_config(None).alpha_seg(0.0) == 0.5
+    assert dl.feature.loss.kernel == "bilinear" and dl.seg_ignore_index is None
+    assert DistillLoss.from_config(load_config(None, [])).feature is None  # feat_kd.names: [] = off
 
 
-@pytest.mark.parametrize(
-    ("cfg", "match"),
-    [
-        ({"alpha_seg": 1.5}, r"alpha_seg: 1.5 is outside the allowed range \[0.0, 1.0\]"),
-        ({"alpha_det": {"kind": "linear", "start": 0, "end": 2}}, "alpha_det"),
-        ({"ratio_det": -1}, r"ratio_det: -1 is outside the allowed range \[0.0, inf\)"),
-        ({"temperature": 0}, r"temperature: 0.0 is outside the allowed range \(0.0, inf\)"),
-        ({"alpha_sge": 0.5}, "did you mean 'alpha_seg'"),
-        ({"seg_kd": "kll"}, "did you mean 'kl'"),
-        ({"det_kd": {"wieght": 1}}, "distill.det_kd.*did you mean 'weight'"),
-        ({"det_kd": {"ld": "yes"}}, "distill.det_kd.ld"),
-        ({"feat_kd": {"names": ["p3"], "knd": "at"}}, "did you mean 'kind'"),
-        ({"feat_kd": {"names": ["p3"], "weight": -2}}, "feat_kd.weight"),
-        ({"seg_ignore_index": "255"}, "seg_ignore_index"),
-        ([0.5], "expected a mapping"),
-    ],
-)
-def test_config_errors_name_the_key(cfg, match):
-    with pytest.raises(ConfigError, match=match):
-        DistillLoss.from_config(cfg)
+def test_defaults_are_the_config_defaults():
+    """One set of defaults: a DistillLoss built without arguments equals the one built from the default config."""
+    cfg = load_config(None, [])
+    a, b = DistillLoss(), DistillLoss.from_config(cfg)
+    assert a.temperature == b.temperature == Schedule("constant", cfg.temperature)
+    assert (a.alpha_seg, a.alpha_det) == (b.alpha_seg, b.alpha_det) == (Schedule("constant", 0.5),) * 2
+    assert (a.ratio_seg, a.ratio_det, a.seg_kd, a.det_kd) == (b.ratio_seg, b.ratio_det, b.seg_kd, b.det_kd)
+    assert a.feature is None and b.feature is None and a.seg_ignore_index == b.seg_ignore_index == 255
+    assert cfg.temperature == 4.0 and a.temperature(0.0) == 4.0

@@ -129,12 +129,10 @@ def test_unbuilt_connector_loss_raises_and_dotted_names_work():
 
 
 def test_errors():
-    with pytest.raises(ConfigError, match="did you mean 'fitnet'"):
-        FeatureDistiller(names=["p3"], kind="fitnte")
+    """Run-time mismatches with the models' features (the config values themselves -- kind, weight, options -- are
+    validated by ``mtkd.config``: tests/test_config.py)."""
     with pytest.raises(ConfigError, match=r"feat_kd.names: \['p6'\] not among the student features"):
         FeatureDistiller(names=["p6"], kind="fitnet", student_channels={"p3": 1}, teacher_channels={"p6": 1})
-    with pytest.raises(ConfigError, match="bad option"):
-        FeatureDistiller(names=["p3"], kind="at", gamma=0.1)
     d = FeatureDistiller(names=["p3"], kind="fitnet", student_channels={"p3": 4}, teacher_channels={"p3": 6})
     with pytest.raises(CompatibilityError, match=r"connector built for 4 -> 6"):
         d({"p3": torch.zeros(1, 5, 2, 2)}, {"p3": torch.zeros(1, 6, 2, 2)})

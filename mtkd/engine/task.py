@@ -1,0 +1,185 @@
+"""What one training step computes: the task object (timm ``task/distillation.py`` style).
+
+A task is the ``nn.Module`` the trainer optimises and DDP wraps: ``task(batch, progress) -> terms``, every loss
+term by name (DESIGN.md §2, §5). Batch (on the device): ``images float[B, 3, H, W]``, ``masks long[B, H, W]``
+(255 = ignore), ``boxes float[N, 4]`` xyxy pixels, ``labels long[N]``, ``batch_idx long[N]``; ``progress`` is
+the fraction of training done, in ``[0, 1]``. Terms: ``MAIN_KEYS`` + ``EXTRA_KEYS`` of ``mtkd.losses.combine``
+(``seg_loss``, ``seg_kd``, ``det_loss``, ``det_kd``, ``feat_kd``, ``loss``, ...) + the task sub-terms
+(``det_box``, ``seg_ce``, ...) + ``feat_kd_<tap>`` per feature tap, all 0-d float32 tensors; ``loss`` is the
+one to ``backward()``.
+
+- ``TrainTask``: plain training, ``student`` → ``TaskLoss`` → ``plain_loss`` (KD terms are zeros).
+- ``DistillTask``: ``student`` (+ feature taps) → ``TaskLoss``; the teacher (frozen, eval mode, under
+  ``torch.no_grad``) → ``DistillLoss``. Its modules are ``student`` then ``distill`` (the ``DistillLoss`` that
+  owns the feature connectors), so ``task.parameters()`` lists the student's parameters first, then the
+  connectors'. The teacher is held outside the module tree: not in ``parameters()``/``state_dict()``, not
+  wrapped by DDP, untouched by ``.train()``/``.to()``.
+
+Training state: ``train_state()`` gives the task's own fields of ``last.pt`` (``train.distill``: the connectors'
+``state_dict``; ``{}`` for a plain run), ``load_train_state_field`` restores one on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtkd.config import TrainConfig
+from mtkd.errors import CheckpointError, CompatibilityError, ConfigError
+
+
+class TrainTask(nn.Module):
+    """Plain training of ``student``: ``loss = ratio_det * det_loss + ratio_seg * seg_loss``.
+
+    Args:
+        student: the model being trained (``model(images) -> MultiTaskOutput``).
+        task_loss: ``TaskLoss`` of the student (``task_loss(out, batch) -> {seg_loss, det_loss, ...}``).
+        ratio_seg, ratio_det: task weights (config keys of the same names).
+    """
+
+    def __init__(self, student: nn.Module, task_loss: Any, *, ratio_seg: float, ratio_det: float) -> None:
+        super().__init__()
+        self.student = student
+        self.task_loss = task_loss
+        self.ratio_seg, self.ratio_det = ratio_seg, ratio_det
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature taps the step requests from the models (none without feature distillation)."""
+        return []
+
+    def forward(self, batch: Mapping[str, Any], progress: float) -> dict[str, Tensor]:
+        from mtkd.losses.combine import plain_loss
+
+        out = self.student(batch["images"].float())
+        return plain_loss(self.task_loss(out, batch), ratio_seg=self.ratio_seg, ratio_det=self.ratio_det)
+
+    def train_state(self) -> dict[str, Any]:
+        """The task's fields of the training state (``last.pt`` ``train.<name>``) besides the student's weights."""
+        return {"distill": {}}
+
+    def load_train_state_field(self, name: str, value: Any, where: str) -> None:
+        """Restore field ``name`` of ``train_state()`` from a checkpoint (``where`` names it in errors)."""
+
+
+class DistillTask(TrainTask):
+    """``student`` distilled from ``teacher`` through ``distill`` (a ``DistillLoss`` holding the connectors).
+
+    Args:
+        student, task_loss: as for ``TrainTask``.
+        teacher: the frozen teacher (``mtkd.engine.task.freeze``), kept outside the module tree.
+        distill: the ``DistillLoss`` (its ``ratio_seg``/``ratio_det`` weigh the task terms).
+    """
+
+    def __init__(self, student: nn.Module, task_loss: Any, teacher: nn.Module, distill: nn.Module) -> None:
+        super().__init__(student, task_loss, ratio_seg=distill.ratio_seg, ratio_det=distill.ratio_det)
+        self.distill = distill  # registered after the student: the optimizer sees student, then connectors
+        self.__dict__["teacher"] = teacher  # a plain attribute, not a submodule (outside DDP and state_dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.distill.feature_names)
+
+    def forward(self, batch: Mapping[str, Any], progress: float) -> dict[str, Tensor]:
+        images = batch["images"].float()
+        names = self.feature_names
+        s_out = self.student(images, features=names) if names else self.student(images)
+        task = self.task_loss(s_out, batch)
+        with torch.no_grad():
+            t_out = self.teacher(images, features=names)
+        return self.distill(s_out, t_out, task, progress, batch)
+
+    def train_state(self) -> dict[str, Any]:
+        return {"distill": self.distill.state_dict()}
+
+    def load_train_state_field(self, name: str, value: Any, where: str) -> None:
+        from mtkd.models.build import load_state_strict
+
+        if name == "distill":
+            load_state_strict(self.distill, value or {}, where=where)
+
+
+# ---------------------------------------------------------------------------------------------- construction
+def _check_names(model: nn.Module, spec: Any, who: str) -> None:
+    for task in ("det", "seg"):
+        have, want = list(getattr(model, f"{task}_names")), list(getattr(spec, f"{task}_names"))
+        if have and have != want:
+            raise CompatibilityError(
+                f"{who}: {task} classes {have} differ from the dataset's {want} ({spec.yaml_path})"
+            )
+
+
+def build_student(cfg: TrainConfig, spec: Any, arch: dict | None = None) -> nn.Module:
+    """The student: from ``arch`` (resume), from ``student=`` weights, or fresh from ``model``/``head``."""
+    from mtkd.models import build_from_arch, build_model, load_model
+
+    if arch is not None:
+        where = str(cfg.run_dir / "weights" / "last.pt" if cfg.resume is True else cfg.resume)
+        try:
+            model = build_from_arch(arch, trust_code=cfg.trust_code, where=where)
+        except ConfigError as e:
+            raise CheckpointError(f"{where}: cannot rebuild the model from its arch: {e}") from None
+    elif cfg.student is not None:
+        model = load_model(cfg.student, trust_code=cfg.trust_code)
+        _check_names(model, spec, f"student {cfg.student}")
+    else:
+        model = build_model(
+            cfg.model,
+            nc_det=spec.nc_det,
+            nc_seg=spec.nc_seg,
+            head=cfg.head,
+            det_names=spec.det_names,
+            seg_names=spec.seg_names,
+        )
+    return model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """No grads, eval mode, and ``.train()`` becomes a no-op so a caller cannot switch it back by accident."""
+    model.requires_grad_(False)
+    model.eval()
+    model.train = lambda mode=True: model  # type: ignore[method-assign]
+    return model
+
+
+@torch.no_grad()
+def feature_channels(model: nn.Module, names: list[str], imgsz: int, device: torch.device) -> dict[str, int]:
+    """``{name: C}`` of the requested feature taps, from one dummy forward ``[1, 3, imgsz, imgsz]`` in eval mode."""
+    was = model.training
+    model.eval()
+    out = model(torch.zeros(1, 3, imgsz, imgsz, device=device), features=names)
+    nn.Module.train(model, was)
+    return {n: int(f.shape[1]) for n, f in out.features.items()}
+
+
+def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.device) -> TrainTask:
+    """The task of ``cfg``: ``TrainTask`` without a teacher; else the frozen teacher (checked against the
+    student), the ``DistillLoss`` with its connectors built from both models' feature channels, ``DistillTask``.
+
+    Construction order (fixed: it decides the RNG draws of the connectors' initialisation): teacher, connectors,
+    task loss.
+    """
+    from mtkd.losses.task import TaskLoss
+
+    if cfg.teacher is None:
+        task_loss = TaskLoss(student, ignore_index=spec.ignore_index)
+        return TrainTask(student, task_loss, ratio_seg=cfg.ratio_seg, ratio_det=cfg.ratio_det)
+    from mtkd.losses.combine import DistillLoss
+    from mtkd.models import check_compatible, load_model
+
+    teacher = load_model(cfg.teacher, trust_code=cfg.trust_code)
+    _check_names(teacher, spec, f"teacher {cfg.teacher}")
+    check_compatible(teacher, student)
+    teacher = freeze(teacher).to(device)
+    distill = DistillLoss.from_config(cfg, ignore_index=spec.ignore_index)
+    names = distill.feature_names
+    if names:
+        distill.build(
+            feature_channels(student.to(device), names, cfg.imgsz, device),
+            feature_channels(teacher, names, cfg.imgsz, device),
+        )
+    distill = distill.to(device)
+    return DistillTask(student, TaskLoss(student, ignore_index=spec.ignore_index), teacher, distill)
