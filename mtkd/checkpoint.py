@@ -131,6 +131,7 @@ def checkpoint_dict(
     metrics: Mapping[str, Any] | None = None,
     train: Mapping[str, Any] | None = None,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    names: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of ``model`` (module docstring); ``format``/``mtkd_version`` are added on save.
 
@@ -139,11 +140,13 @@ def checkpoint_dict(
         metrics: evaluation / provenance records (optional).
         train: training state for resuming (optional; ``epoch``, ``optimizer``, ...).
         state_dict: weights to store instead of the model's own (e.g. EMA weights).
+        names: ``{"det": [...], "seg": [...]}`` class names to record instead of the model's (a training run
+            records its dataset's).
     """
     inner = getattr(model, "module", model)
     ckpt: dict[str, Any] = {
         "model": model_state(inner, state_dict),
-        "names": {"det": list(inner.det_names), "seg": list(inner.seg_names)},
+        "names": {k: list(v) for k, v in (names or {"det": inner.det_names, "seg": inner.seg_names}).items()},
         "config": dict(config or {}),
     }
     if metrics is not None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mtkd.checkpoint import save_checkpoint
+from mtkd.checkpoint import checkpoint_dict, save_checkpoint
 from mtkd.engine import dist as D
 from mtkd.engine.rng import get_rng_state, set_rng_state
 from mtkd.engine.setup import check_train_state
@@ -30,11 +30,9 @@ if TYPE_CHECKING:
     from mtkd.engine.trainer import Trainer
 
 
-def checkpoint_dict(t: Trainer, *, epoch: int, step: int, best: bool = False) -> dict[str, Any]:
+def training_checkpoint(t: Trainer, *, epoch: int, step: int, best: bool = False) -> dict[str, Any]:
     """The checkpoint of trainer ``t`` after ``epoch`` epochs and ``step`` batches: deployable (EMA) weights and,
     unless ``best``, everything needed to resume. Refuses (``MtkdError``) non-finite weights."""
-    from mtkd.models import model_state
-
     deploy = t.ema.ema if t.ema is not None else t.student
     for name, w in [*deploy.state_dict().items(), *t.student.state_dict().items()]:
         if w.is_floating_point() and not torch.isfinite(w).all():
@@ -42,13 +40,7 @@ def checkpoint_dict(t: Trainer, *, epoch: int, step: int, best: bool = False) ->
                 f"refusing to save a checkpoint with non-finite weights ('{name}'); "
                 f"{t.run_dir / 'weights/last.pt'} keeps the last finite state"
             )
-    ckpt: dict[str, Any] = {
-        "model": model_state(deploy),
-        "names": {"det": list(t.spec.det_names), "seg": list(t.spec.seg_names)},
-        "config": t.cfg.to_dict(),
-        "metrics": t.metrics,
-    }
-    train = {
+    train: dict[str, Any] = {
         "epoch": epoch,
         "step": step,
         "best_fitness": t.best_fitness,
@@ -71,14 +63,14 @@ def checkpoint_dict(t: Trainer, *, epoch: int, step: int, best: bool = False) ->
             eval_pending=t.eval_pending,
             elapsed=t.elapsed(),
         )
-    ckpt["train"] = train
-    return ckpt
+    return checkpoint_dict(deploy, config=t.cfg.to_dict(), metrics=t.metrics, train=train,
+                           names={"det": t.spec.det_names, "seg": t.spec.seg_names})
 
 
 def write_checkpoint(t: Trainer, path: Path, *, epoch: int, step: int = 0, best: bool = False) -> None:
-    """Rank 0: write ``checkpoint_dict(t, ...)`` to ``path`` (atomically)."""
+    """Rank 0: write ``training_checkpoint(t, ...)`` to ``path`` (atomically)."""
     if t.main:
-        save_checkpoint(checkpoint_dict(t, epoch=epoch, step=step, best=best), path)
+        save_checkpoint(training_checkpoint(t, epoch=epoch, step=step, best=best), path)
 
 
 def write_last(t: Trainer, epoch: int) -> None:
