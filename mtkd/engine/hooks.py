@@ -34,9 +34,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from mtkd.engine import dist as D
 from mtkd.engine.logger import SHOWN, TensorBoard, metric_columns, postfix
 from mtkd.engine.state import write_checkpoint, write_last
+from mtkd.utils import dist as D
 
 if TYPE_CHECKING:
     from mtkd.engine.trainer import Trainer

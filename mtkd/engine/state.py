@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from mtkd.checkpoint import checkpoint_dict, save_checkpoint
-from mtkd.engine import dist as D
 from mtkd.engine.rng import get_rng_state, set_rng_state
 from mtkd.engine.setup import check_train_state
 from mtkd.errors import CheckpointError, ConfigError, MtkdError
+from mtkd.utils import dist as D
 
 if TYPE_CHECKING:
     from mtkd.engine.trainer import Trainer

@@ -33,8 +33,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from mtkd.config import load_config
-    from mtkd.engine import dist
     from mtkd.engine.trainer import Trainer, TrainingInterrupted
+    from mtkd.utils import dist
 
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg)

@@ -45,7 +45,6 @@ import yaml
 from torch import Tensor, nn
 
 from mtkd.config import TrainConfig
-from mtkd.engine import dist as D
 from mtkd.engine.ema import ModelEMA
 from mtkd.engine.hooks import HookBase, default_hooks
 from mtkd.engine.logger import SHOWN, ResultsCSV, metric_columns
@@ -55,6 +54,7 @@ from mtkd.engine.setup import RunLock, clean_stale_temps, planned_run_dir, prepa
 from mtkd.engine.state import load_train_state, restore_results, write_checkpoint
 from mtkd.engine.task import build_student, build_task
 from mtkd.errors import ConfigError, MtkdError
+from mtkd.utils import dist as D
 from mtkd.utils.atomic import write_text
 
 

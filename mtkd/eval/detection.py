@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from mtkd.eval.batch import target
-from mtkd.eval.dist import gather_objects, rank_and_world
 from mtkd.eval.evaluator import DatasetEvaluator
 from mtkd.eval.outputs import EvalOutputs
 from mtkd.utils.atomic import write_text
+from mtkd.utils.dist import gather_objects, rank_and_world
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 # COCOeval.stats order (first 12 entries, both backends)

@@ -21,12 +21,12 @@ from torch import nn
 from mtkd.errors import CompatibilityError
 from mtkd.eval.batch import SourceIndex, real_count
 from mtkd.eval.detection import DetectionEvaluator
-from mtkd.eval.dist import rank_and_world
 from mtkd.eval.evaluator import DatasetEvaluator, DatasetEvaluators
 from mtkd.eval.outputs import EvalOutputs
 from mtkd.eval.overlays import SampleOverlayEvaluator
 from mtkd.eval.segmentation import SegmentationEvaluator
 from mtkd.eval.summary import DataSummaryEvaluator
+from mtkd.utils.dist import rank_and_world
 
 N_SAMPLES = 4  # sample overlays written with save_predictions (the report shows them)
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from mtkd.eval.batch import original_sample
-from mtkd.eval.dist import rank_and_world
 from mtkd.eval.evaluator import DatasetEvaluator
 from mtkd.eval.outputs import EvalOutputs
 from mtkd.utils.atomic import write_bytes
+from mtkd.utils.dist import rank_and_world
 
 SAMPLE_CONF = 0.25  # score threshold of the boxes drawn on sample overlays (not used for mAP)
 

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from mtkd.errors import DatasetError
-from mtkd.eval.dist import all_reduce_sum
 from mtkd.eval.evaluator import DatasetEvaluator
 from mtkd.eval.outputs import EvalOutputs
+from mtkd.utils.dist import all_reduce_sum
 
 
 class SegmentationEvaluator(DatasetEvaluator):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtkd.eval.dist import gather_objects
 from mtkd.eval.evaluator import DatasetEvaluator
 from mtkd.eval.outputs import EvalOutputs
+from mtkd.utils.dist import gather_objects
 
 
 class DataSummaryEvaluator(DatasetEvaluator):

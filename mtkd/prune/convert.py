@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from mtkd.errors import CheckpointError, ConfigError
-from mtkd.models.flat import format_diffs, max_abs_diffs, named_outputs
 from mtkd.models.adapters.base import MultiTaskAdapter
+from mtkd.models.flat import format_diffs, max_abs_diffs, named_outputs
 from mtkd.models.trust import TrustCode, add_trust_code_argument, arch_targets, trust_from_args
 from mtkd.utils.atomic import atomic_write
 from mtkd.utils.sniff import scan_file

@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-from mtkd.checkpoint import model_state
-from mtkd.engine.checkpoint import save_checkpoint
+from mtkd.checkpoint import model_state, save_checkpoint
 from mtkd.errors import CheckpointError, CompatibilityError, ConfigError
 from mtkd.models.build import build_model, load_model
 from mtkd.models.compat import check_compatible

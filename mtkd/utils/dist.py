@@ -1,4 +1,5 @@
-"""``torchrun`` / DDP helpers for the trainer: init from env vars, rank-0 checks, reductions.
+"""The one ``torchrun`` / DDP helper module (trainer and evaluators): init from env vars, rank-0 checks,
+reductions and gathers; every function is a no-op (or the identity) in a single process.
 
 ``torchrun --nproc_per_node N tools/train.py CONFIG`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT``; ``init_distributed`` reads them (gloo on CPU, NCCL on CUDA). Without them
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,6 +34,11 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` when not distributed."""
+    return rank(), world_size()
 
 
 def is_main() -> bool:
@@ -100,18 +107,8 @@ def broadcast_object(obj):
     return box[0]
 
 
-def average_gradients(params) -> None:
-    """All-reduce-mean the ``.grad`` of ``params`` (for trainable modules outside DDP, e.g. KD connectors)."""
-    if not is_dist():
-        return
-    for p in params:
-        if p.grad is not None:
-            p.grad.div_(dist.get_world_size())
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
-
 def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
-    """DDP-wrap ``model`` (the student only) when distributed; return it unchanged otherwise."""
+    """DDP-wrap ``model`` (the training task: student + connectors) when distributed; else return it unchanged."""
     if not is_dist():
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -119,3 +116,25 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids, output_device=ids[0] if ids else None,
                find_unused_parameters=find_unused_parameters)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``all_gather_object`` of ``obj`` from every rank, in rank order; ``[obj]`` when not distributed."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over all ranks (returns a new tensor on ``t``'s device; ``t`` is left unchanged).
+
+    NCCL needs CUDA tensors, so the reduction runs on the current CUDA device for that backend.
+    """
+    if not is_dist():
+        return t.clone()
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    buf = t.detach().to(dev, copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)
