@@ -37,6 +37,9 @@ from typing import TYPE_CHECKING, Any
 from mtkd.engine.logger import SHOWN, TensorBoard, metric_columns, postfix
 from mtkd.engine.state import write_checkpoint, write_last
 from mtkd.utils import dist as D
+from mtkd.utils.log import get_logger
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from mtkd.engine.trainer import Trainer
@@ -198,7 +201,7 @@ class EpochLog(HookBase):
         )
         eta = (time.perf_counter() - self.t0) / max(self.trained, 1) * (t.cfg.epochs - t.epoch - 1)
         fit = t.epoch_fitness
-        print(
+        log.info(
             f"epoch {t.epoch + 1}/{t.cfg.epochs}: loss {float(row.get('loss', float('nan'))):.4g}"
             + (f", fitness {fit:.4g}" if fit is not None else "")
             + f", ETA {eta:.0f}s"
@@ -219,7 +222,7 @@ class EarlyStop(HookBase):
         t = self.trainer
         if t.cfg.patience and t.bad_evals >= t.cfg.patience:
             if t.main:
-                print(f"early stop: no fitness improvement in {t.cfg.patience} evaluations")
+                log.info(f"early stop: no fitness improvement in {t.cfg.patience} evaluations")
             t.should_stop = True
 
 

@@ -25,6 +25,9 @@ from mtkd.engine.rng import get_rng_state, set_rng_state
 from mtkd.engine.setup import check_train_state
 from mtkd.errors import CheckpointError, ConfigError, MtkdError
 from mtkd.utils import dist as D
+from mtkd.utils.log import get_logger
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from mtkd.engine.trainer import Trainer
@@ -188,10 +191,10 @@ def restore_results(t: Trainer, st: dict[str, Any]) -> None:
         return
     if t.best_epoch == t.epoch and t.step == 0 and not t.eval_pending:
         write_checkpoint(t, best, epoch=t.epoch, best=True)
-        print(f"re-created {best} (best epoch {t.best_epoch}) from the resumed checkpoint")
+        log.info(f"re-created {best} (best epoch {t.best_epoch}) from the resumed checkpoint")
         return
-    print(
-        f"warning: {best} is missing and its weights (epoch {t.best_epoch or '?'}) cannot be re-created; "
+    log.warning(
+        f"{best} is missing and its weights (epoch {t.best_epoch or '?'}) cannot be re-created; "
         f"the next evaluation writes a new best.pt"
     )
     t.best_fitness = t.best_epoch = None

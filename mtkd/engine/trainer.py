@@ -56,6 +56,9 @@ from mtkd.engine.task import build_student, build_task
 from mtkd.errors import ConfigError, MtkdError
 from mtkd.utils import dist as D
 from mtkd.utils.atomic import write_text
+from mtkd.utils.log import get_logger
+
+log = get_logger(__name__)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -131,7 +134,7 @@ class Trainer:
         self._lock = RunLock.acquire(run_dir)
         removed = clean_stale_temps(run_dir)
         if removed:
-            print(f"removed {len(removed)} temp file(s) an interrupted run left in {run_dir}")
+            log.info(f"removed {len(removed)} temp file(s) an interrupted run left in {run_dir}")
 
     def _setup(self) -> None:
         from mtkd.data.build import build_dataloader
@@ -395,6 +398,6 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop = True
         if D.is_main():
-            print(
+            log.info(
                 "\nCtrl-C: stopping after this step and saving a resumable checkpoint (Ctrl-C again to abort)"
             )

@@ -47,9 +47,7 @@ def recorded(monkeypatch):
     monkeypatch.setattr(state_mod, "save_checkpoint", save)
     monkeypatch.setattr(Evaluation, "evaluate", evaluate)
     monkeypatch.setattr(ResultsCSV, "replace", replace)
-    monkeypatch.setattr(
-        hooks_mod, "print", lambda *a, **k: events.append(("print", a[0].split(":")[0])), raising=False
-    )
+    monkeypatch.setattr(hooks_mod.log, "info", lambda msg, *a, **k: events.append(("print", msg.split(":")[0])))
     return events
 
 
