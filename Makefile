@@ -36,6 +36,7 @@ lock:
 
 lint: $(STAMP)
 	$(PY) -m ruff check mtkd tools tests
+	$(PY) -m ruff format --check mtkd tools tests
 
 clean:
 	rm -rf runs datasets/shapes .pytest_cache

@@ -60,8 +60,10 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
 
     scan = scan_file(path)
     if scan.container == "torchscript":
-        return CheckpointError(f"{path}: a TorchScript archive (torch.jit.save), not an mtkd checkpoint; mtkd "
-                               f"cannot rebuild a model from it")
+        return CheckpointError(
+            f"{path}: a TorchScript archive (torch.jit.save), not an mtkd checkpoint; mtkd "
+            f"cannot rebuild a model from it"
+        )
     if scan.container in ("zip", "pickle") and scan.error is None and scan.unsafe_globals:
         what = scan.example_class() or scan.unsafe_globals[0]
         return CheckpointError(
@@ -70,7 +72,9 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
             f"--trust-pickle"
         )
     reason = scan.error or (str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__)
-    return CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated or not a PyTorch file: {reason})")
+    return CheckpointError(
+        f"{path}: not a readable checkpoint (corrupt, truncated or not a PyTorch file: {reason})"
+    )
 
 
 def _check_version(path: Path, ckpt: dict[str, Any]) -> None:
@@ -79,7 +83,9 @@ def _check_version(path: Path, ckpt: dict[str, Any]) -> None:
         return
     have = _version_tuple(ver) if isinstance(ver, str) else None
     if have is None:
-        raise CheckpointError(f"{path}: field 'mtkd_version' = {ver!r}; expected a version string like '0.1.0'")
+        raise CheckpointError(
+            f"{path}: field 'mtkd_version' = {ver!r}; expected a version string like '0.1.0'"
+        )
     if have > (_version_tuple(__version__) or ()):
         raise CheckpointError(
             f"{path}: written by mtkd {ver}, newer than this mtkd {__version__}; its format may hold fields this "
@@ -98,7 +104,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError / RuntimeError / EOFError / KeyError with long messages
+    except (
+        Exception
+    ) as e:  # torch raises UnpicklingError / RuntimeError / EOFError / KeyError with long messages
         raise _unreadable(path, e) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(

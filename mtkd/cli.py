@@ -17,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mtkd.demo:main", "generate data, train teacher, prune, fine-tune vs distill, evaluate, report"),
     "make_shapes": ("mtkd.data.shapes:main", "write the built-in synthetic shapes dataset"),
     "check_dataset": ("mtkd.data.check:main", "validate a dataset descriptor and every sample"),
-    "prepare_dataset": ("mtkd.data.prepare.cli:main", "convert CamVid / Cityscapes / BDD100K (YOLOP) into yolo_mask"),
+    "prepare_dataset": (
+        "mtkd.data.prepare.cli:main",
+        "convert CamVid / Cityscapes / BDD100K (YOLOP) into yolo_mask",
+    ),
     "train": ("mtkd.engine.train_cli:main", "train a model, plain or distilled from a teacher"),
     "eval": ("mtkd.eval.evaluate:main", "evaluate mAP, mIoU, speed and size; write metrics JSON"),
     "report": ("mtkd.report.report:main", "write an HTML + Markdown report from metrics/runs"),

@@ -22,27 +22,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
 from mtkd.errors import ConfigError
 from mtkd.utils import yaml_load
 from mtkd.utils.atomic import write_text
-from mtkd.utils.schedules import Schedule
 from mtkd.utils.suggest import did_you_mean
-
-Schedulable = float | dict  # a number or a schedule mapping {kind, start, end} (mtkd.utils.schedules)
-
-
-def _m(help_: str, *, range_: tuple | None = None, choices: tuple | None = None, check=None) -> dict:
-    """Field metadata: ``range_ = (low, high, low_inclusive, high_inclusive)``; ``check(value) -> error or None``."""
-    return {"help": help_, "range": range_, "choices": choices, "check": check}
+from mtkd.utils.typed_config import Schedulable, build_dataclass, check_value, coerce, field_meta, plain
 
 
 def _imgsz_check(v: int) -> str | None:
@@ -63,67 +55,93 @@ def _scale_check(v: tuple) -> str | None:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = field(default="adamw", metadata=_m("optimizer", choices=("adamw", "sgd")))
-    lr: float = field(default=1e-3, metadata=_m("peak learning rate", range_=(0.0, 10.0, False, True)))
-    weight_decay: float = field(default=5e-4, metadata=_m("weight decay (not on biases/norms)",
-                                                          range_=(0.0, 1.0, True, False)))
-    momentum: float = field(default=0.937, metadata=_m("SGD momentum / AdamW beta1", range_=(0.0, 1.0, True, False)))
-    warmup_epochs: float = field(default=1.0, metadata=_m("linear LR warmup length in epochs (per iteration)",
-                                                          range_=_NON_NEGATIVE))
-    warmup_start: float = field(default=0.1, metadata=_m("LR factor at the start of warmup", range_=_UNIT))
-    final_lr: float = field(default=0.01, metadata=_m("cosine end LR as a factor of lr", range_=_UNIT))
-    grad_clip: float = field(default=10.0, metadata=_m("max gradient L2 norm; 0 = off", range_=_NON_NEGATIVE))
+    optimizer: str = field(default="adamw", metadata=field_meta("optimizer", choices=("adamw", "sgd")))
+    lr: float = field(
+        default=1e-3, metadata=field_meta("peak learning rate", range_=(0.0, 10.0, False, True))
+    )
+    weight_decay: float = field(
+        default=5e-4,
+        metadata=field_meta("weight decay (not on biases/norms)", range_=(0.0, 1.0, True, False)),
+    )
+    momentum: float = field(
+        default=0.937, metadata=field_meta("SGD momentum / AdamW beta1", range_=(0.0, 1.0, True, False))
+    )
+    warmup_epochs: float = field(
+        default=1.0,
+        metadata=field_meta("linear LR warmup length in epochs (per iteration)", range_=_NON_NEGATIVE),
+    )
+    warmup_start: float = field(
+        default=0.1, metadata=field_meta("LR factor at the start of warmup", range_=_UNIT)
+    )
+    final_lr: float = field(
+        default=0.01, metadata=field_meta("cosine end LR as a factor of lr", range_=_UNIT)
+    )
+    grad_clip: float = field(
+        default=10.0, metadata=field_meta("max gradient L2 norm; 0 = off", range_=_NON_NEGATIVE)
+    )
 
 
 @dataclass(frozen=True)
 class DetKDConfig:
-    weight: float = field(default=1.0, metadata=_m("multiplies box + obj + cls KD", range_=_NON_NEGATIVE))
-    weight_by_teacher: bool = field(default=True, metadata=_m("weight anchors by teacher confidence"))
-    ld: bool = field(default=False, metadata=_m("anchor-free heads: KL over DFL bins instead of MSE"))
-    temperature: float | None = field(default=None, metadata=_m("LD temperature; null = follow temperature",
-                                                                range_=_POSITIVE))
+    weight: float = field(
+        default=1.0, metadata=field_meta("multiplies box + obj + cls KD", range_=_NON_NEGATIVE)
+    )
+    weight_by_teacher: bool = field(default=True, metadata=field_meta("weight anchors by teacher confidence"))
+    ld: bool = field(default=False, metadata=field_meta("anchor-free heads: KL over DFL bins instead of MSE"))
+    temperature: float | None = field(
+        default=None, metadata=field_meta("LD temperature; null = follow temperature", range_=_POSITIVE)
+    )
 
 
 #: ``distill.feat_kd.options`` per kind: ``{kind: {option: (type, metadata)}}``; an option not given takes its
 #: loss class's default (``mtkd.losses.feature_kd``), the only default it has.
 FEAT_KD_OPTIONS: dict[str, dict[str, tuple[type, dict]]] = {
-    "fitnet": {}, "at": {"p": (float, _m("attention map exponent", range_=_POSITIVE))}, "sp": {},
-    "cc": {"kernel": (str, _m("correlation kernel", choices=("gaussian", "bilinear"))),
-           "gamma": (float, _m("Gaussian kernel width", range_=_POSITIVE)),
-           "order": (int, _m("Taylor order of the Gaussian kernel", range_=(1, 100, True, True)))},
-    "cwd": {"temperature": (float, _m("CWD temperature", range_=_POSITIVE))},
+    "fitnet": {},
+    "at": {"p": (float, field_meta("attention map exponent", range_=_POSITIVE))},
+    "sp": {},
+    "cc": {
+        "kernel": (str, field_meta("correlation kernel", choices=("gaussian", "bilinear"))),
+        "gamma": (float, field_meta("Gaussian kernel width", range_=_POSITIVE)),
+        "order": (int, field_meta("Taylor order of the Gaussian kernel", range_=(1, 100, True, True))),
+    },
+    "cwd": {"temperature": (float, field_meta("CWD temperature", range_=_POSITIVE))},
 }
 
 
 @dataclass(frozen=True)
 class FeatKDConfig:
-    names: tuple[str, ...] = field(default=(), metadata=_m("feature taps to distill, e.g. [p3, p4, p5]; [] = off"))
-    kind: str = field(default="fitnet", metadata=_m("feature loss", choices=tuple(FEAT_KD_OPTIONS)))
-    weight: float = field(default=1.0, metadata=_m("feature KD weight", range_=_NON_NEGATIVE))
-    connector_bn: bool = field(default=True, metadata=_m("BatchNorm after connector convs"))
-    options: dict = field(default_factory=dict, metadata=_m("kind options (FEAT_KD_OPTIONS)"))
+    names: tuple[str, ...] = field(
+        default=(), metadata=field_meta("feature taps to distill, e.g. [p3, p4, p5]; [] = off")
+    )
+    kind: str = field(default="fitnet", metadata=field_meta("feature loss", choices=tuple(FEAT_KD_OPTIONS)))
+    weight: float = field(default=1.0, metadata=field_meta("feature KD weight", range_=_NON_NEGATIVE))
+    connector_bn: bool = field(default=True, metadata=field_meta("BatchNorm after connector convs"))
+    options: dict = field(default_factory=dict, metadata=field_meta("kind options (FEAT_KD_OPTIONS)"))
 
     def __post_init__(self) -> None:
         """Checks across fields: unique tap names; ``options`` of ``kind`` only (coerced to their type)."""
         if len({n.replace(".", "_") for n in self.names}) != len(self.names):  # the connectors' module keys
-            raise ConfigError(f"distill.feat_kd.names: duplicate feature names (dots count as '_'): "
-                              f"{list(self.names)}")
+            raise ConfigError(
+                f"distill.feat_kd.names: duplicate feature names (dots count as '_'): {list(self.names)}"
+            )
         allowed, options = FEAT_KD_OPTIONS.get(self.kind, {}), {}
         for k, v in self.options.items():
             if k not in allowed:
                 valid = ", ".join(allowed) or "none"
-                raise ConfigError(f"distill.feat_kd.options: {k!r} is not an option of kind {self.kind!r}"
-                                  f"{_did_you_mean(str(k), list(allowed))}; its options: {valid}")
-            options[k] = _coerce(f"distill.feat_kd.options.{k}", v, allowed[k][0])
-            _check_value(f"distill.feat_kd.options.{k}", options[k], allowed[k][1])
+                raise ConfigError(
+                    f"distill.feat_kd.options: {k!r} is not an option of kind {self.kind!r}"
+                    f"{did_you_mean(str(k), list(allowed))}; its options: {valid}"
+                )
+            options[k] = coerce(f"distill.feat_kd.options.{k}", v, allowed[k][0])
+            check_value(f"distill.feat_kd.options.{k}", options[k], allowed[k][1])
         object.__setattr__(self, "options", options)
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    seg_kd: str = field(default="kl", metadata=_m("segmentation logit KD", choices=("kl", "cwd")))
-    det_kd: DetKDConfig = field(default_factory=DetKDConfig, metadata=_m("detection logit KD"))
-    feat_kd: FeatKDConfig = field(default_factory=FeatKDConfig, metadata=_m("feature distillation"))
+    seg_kd: str = field(default="kl", metadata=field_meta("segmentation logit KD", choices=("kl", "cwd")))
+    det_kd: DetKDConfig = field(default_factory=DetKDConfig, metadata=field_meta("detection logit KD"))
+    feat_kd: FeatKDConfig = field(default_factory=FeatKDConfig, metadata=field_meta("feature distillation"))
 
 
 @dataclass(frozen=True)
@@ -131,58 +149,117 @@ class AugConfig:
     """Training augmentation strengths (``mtkd.data.transforms.AugmentParams`` is this class); the defaults
     suit 128-640 px multi-task training."""
 
-    scale: tuple[float, float] = field(default=(0.5, 1.5), metadata=_m(
-        "random long side range [low, high], as a multiple of imgsz", check=_scale_check))
-    hflip: float = field(default=0.5, metadata=_m("probability of a horizontal flip", range_=_UNIT))
-    brightness: float = field(default=0.3, metadata=_m("colour jitter brightness", range_=_NON_NEGATIVE))
-    contrast: float = field(default=0.3, metadata=_m("colour jitter contrast", range_=_NON_NEGATIVE))
-    saturation: float = field(default=0.5, metadata=_m("colour jitter saturation", range_=_NON_NEGATIVE))
-    hue: float = field(default=0.015, metadata=_m("colour jitter hue", range_=(0.0, 0.5, True, True)))
-    jitter_p: float = field(default=0.8, metadata=_m("probability of the colour jitter", range_=_UNIT))
-    min_visibility: float = field(default=0.2, metadata=_m("drop a box keeping less area", range_=_UNIT))
-    min_area: float = field(default=4.0, metadata=_m("drop a smaller box (px²)", range_=_NON_NEGATIVE))
+    scale: tuple[float, float] = field(
+        default=(0.5, 1.5),
+        metadata=field_meta("random long side range [low, high], as a multiple of imgsz", check=_scale_check),
+    )
+    hflip: float = field(default=0.5, metadata=field_meta("probability of a horizontal flip", range_=_UNIT))
+    brightness: float = field(
+        default=0.3, metadata=field_meta("colour jitter brightness", range_=_NON_NEGATIVE)
+    )
+    contrast: float = field(default=0.3, metadata=field_meta("colour jitter contrast", range_=_NON_NEGATIVE))
+    saturation: float = field(
+        default=0.5, metadata=field_meta("colour jitter saturation", range_=_NON_NEGATIVE)
+    )
+    hue: float = field(default=0.015, metadata=field_meta("colour jitter hue", range_=(0.0, 0.5, True, True)))
+    jitter_p: float = field(
+        default=0.8, metadata=field_meta("probability of the colour jitter", range_=_UNIT)
+    )
+    min_visibility: float = field(
+        default=0.2, metadata=field_meta("drop a box keeping less area", range_=_UNIT)
+    )
+    min_area: float = field(
+        default=4.0, metadata=field_meta("drop a smaller box (px²)", range_=_NON_NEGATIVE)
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = field(default="datasets/shapes.yaml", metadata=_m("dataset descriptor YAML"))
-    model: str | dict = field(default="yolo_mt_n", metadata=_m("student model name or adapter config"))
-    head: str = field(default="anchor", metadata=_m("detection head", choices=("anchor", "anchor_free")))
-    imgsz: int = field(default=128, metadata=_m("image size", range_=(32, 8192, True, True), check=_imgsz_check))
-    epochs: int = field(default=50, metadata=_m("total epochs", range_=_COUNT))
-    batch: int = field(default=16, metadata=_m("global batch size (split over DDP ranks)",
-                                               range_=(1, 65_536, True, True)))
-    workers: int = field(default=2, metadata=_m("dataloader workers per rank", range_=(0, 64, True, True)))
-    device: str = field(default="cpu", metadata=_m("device", check=_device_check))
-    seed: int = field(default=0, metadata=_m("random seed", range_=(0, 2**31 - 1, True, True)))
-    project: str = field(default="runs", metadata=_m("runs folder"))
-    name: str = field(default="train", metadata=_m("run name: the run dir is {project}/{name}"))
-    exist_ok: bool = field(default=False, metadata=_m("reuse an existing run dir (overwrite)"))
-    teacher: str | None = field(default=None, metadata=_m("teacher checkpoint; null = plain training"))
-    student: str | None = field(default=None, metadata=_m("initial student weights (e.g. a pruned checkpoint)"))
-    trust_code: bool | tuple[str, ...] = field(default=False, metadata=_m(
-        "import paths (package.module:Class) that the teacher/student/resume checkpoints may import to rebuild a "
-        "generic-adapter model; true = any path those files name (only for files you trust)"))
-    resume: bool | str = field(default=False, metadata=_m("true: continue {project}/{name}; or a last.pt path"))
-    temperature: Schedulable = field(default=4.0, metadata=_m("KD temperature", range_=(0.0, math.inf, False, False)))
-    alpha_seg: Schedulable = field(default=0.5, metadata=_m("seg KD mix", range_=(0.0, 1.0, True, True)))
-    alpha_det: Schedulable = field(default=0.5, metadata=_m("det KD mix", range_=(0.0, 1.0, True, True)))
-    ratio_seg: float = field(default=1.0, metadata=_m("seg task weight", range_=(0.0, math.inf, True, False)))
-    ratio_det: float = field(default=1.0, metadata=_m("det task weight", range_=(0.0, math.inf, True, False)))
-    amp: str = field(default="off", metadata=_m("mixed precision (fp16: CUDA only)", choices=("off", "bf16", "fp16")))
-    ema: bool = field(default=True, metadata=_m("keep an EMA of the student (saved as the model)"))
-    ema_decay: float = field(default=0.9999, metadata=_m("EMA decay", range_=(0.0, 1.0, False, False)))
-    ema_tau: float = field(default=2000.0, metadata=_m("EMA warmup (updates)", range_=(0.0, math.inf, False, False)))
-    eval_every: int = field(default=1, metadata=_m("evaluate every N epochs and at the last", range_=_COUNT))
-    patience: int = field(default=0, metadata=_m("stop after N evals without improvement; 0 = off",
-                                                 range_=(0, 100_000, True, True)))
-    conf: float = field(default=0.001, metadata=_m("eval NMS confidence", range_=(0.0, 1.0, True, True)))
-    iou: float = field(default=0.6, metadata=_m("eval NMS IoU", range_=(0.0, 1.0, False, True)))
-    augment: bool = field(default=True, metadata=_m("train-time augmentation"))
-    aug: AugConfig = field(default_factory=AugConfig, metadata=_m("augmentation strengths ({} = defaults)"))
-    tensorboard: bool = field(default=True, metadata=_m("write TensorBoard logs to the run dir"))
-    optim: OptimConfig = field(default_factory=OptimConfig, metadata=_m("optimizer and LR schedule"))
-    distill: DistillConfig = field(default_factory=DistillConfig, metadata=_m("distillation options"))
+    data: str = field(default="datasets/shapes.yaml", metadata=field_meta("dataset descriptor YAML"))
+    model: str | dict = field(
+        default="yolo_mt_n", metadata=field_meta("student model name or adapter config")
+    )
+    head: str = field(
+        default="anchor", metadata=field_meta("detection head", choices=("anchor", "anchor_free"))
+    )
+    imgsz: int = field(
+        default=128, metadata=field_meta("image size", range_=(32, 8192, True, True), check=_imgsz_check)
+    )
+    epochs: int = field(default=50, metadata=field_meta("total epochs", range_=_COUNT))
+    batch: int = field(
+        default=16,
+        metadata=field_meta("global batch size (split over DDP ranks)", range_=(1, 65_536, True, True)),
+    )
+    workers: int = field(
+        default=2, metadata=field_meta("dataloader workers per rank", range_=(0, 64, True, True))
+    )
+    device: str = field(default="cpu", metadata=field_meta("device", check=_device_check))
+    seed: int = field(default=0, metadata=field_meta("random seed", range_=(0, 2**31 - 1, True, True)))
+    project: str = field(default="runs", metadata=field_meta("runs folder"))
+    name: str = field(default="train", metadata=field_meta("run name: the run dir is {project}/{name}"))
+    exist_ok: bool = field(default=False, metadata=field_meta("reuse an existing run dir (overwrite)"))
+    teacher: str | None = field(
+        default=None, metadata=field_meta("teacher checkpoint; null = plain training")
+    )
+    student: str | None = field(
+        default=None, metadata=field_meta("initial student weights (e.g. a pruned checkpoint)")
+    )
+    trust_code: bool | tuple[str, ...] = field(
+        default=False,
+        metadata=field_meta(
+            "import paths (package.module:Class) that the teacher/student/resume checkpoints may import to rebuild a "
+            "generic-adapter model; true = any path those files name (only for files you trust)"
+        ),
+    )
+    resume: bool | str = field(
+        default=False, metadata=field_meta("true: continue {project}/{name}; or a last.pt path")
+    )
+    temperature: Schedulable = field(
+        default=4.0, metadata=field_meta("KD temperature", range_=(0.0, math.inf, False, False))
+    )
+    alpha_seg: Schedulable = field(
+        default=0.5, metadata=field_meta("seg KD mix", range_=(0.0, 1.0, True, True))
+    )
+    alpha_det: Schedulable = field(
+        default=0.5, metadata=field_meta("det KD mix", range_=(0.0, 1.0, True, True))
+    )
+    ratio_seg: float = field(
+        default=1.0, metadata=field_meta("seg task weight", range_=(0.0, math.inf, True, False))
+    )
+    ratio_det: float = field(
+        default=1.0, metadata=field_meta("det task weight", range_=(0.0, math.inf, True, False))
+    )
+    amp: str = field(
+        default="off",
+        metadata=field_meta("mixed precision (fp16: CUDA only)", choices=("off", "bf16", "fp16")),
+    )
+    ema: bool = field(default=True, metadata=field_meta("keep an EMA of the student (saved as the model)"))
+    ema_decay: float = field(
+        default=0.9999, metadata=field_meta("EMA decay", range_=(0.0, 1.0, False, False))
+    )
+    ema_tau: float = field(
+        default=2000.0, metadata=field_meta("EMA warmup (updates)", range_=(0.0, math.inf, False, False))
+    )
+    eval_every: int = field(
+        default=1, metadata=field_meta("evaluate every N epochs and at the last", range_=_COUNT)
+    )
+    patience: int = field(
+        default=0,
+        metadata=field_meta(
+            "stop after N evals without improvement; 0 = off", range_=(0, 100_000, True, True)
+        ),
+    )
+    conf: float = field(
+        default=0.001, metadata=field_meta("eval NMS confidence", range_=(0.0, 1.0, True, True))
+    )
+    iou: float = field(default=0.6, metadata=field_meta("eval NMS IoU", range_=(0.0, 1.0, False, True)))
+    augment: bool = field(default=True, metadata=field_meta("train-time augmentation"))
+    aug: AugConfig = field(
+        default_factory=AugConfig, metadata=field_meta("augmentation strengths ({} = defaults)")
+    )
+    tensorboard: bool = field(default=True, metadata=field_meta("write TensorBoard logs to the run dir"))
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata=field_meta("optimizer and LR schedule"))
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata=field_meta("distillation options"))
 
     def __post_init__(self) -> None:
         if self.amp == "fp16" and self.device == "cpu":
@@ -199,8 +276,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (lists, not tuples): YAML- and ``weights_only``-checkpoint safe. ``aug`` keeps only its
         non-default keys (``{}`` = all defaults), so config files and checkpoints read as before it was typed."""
-        d = _plain(dataclasses.asdict(self))
-        d["aug"] = {k: v for k, v in d["aug"].items() if v != _plain(getattr(AugConfig, k))}
+        d = plain(dataclasses.asdict(self))
+        d["aug"] = {k: v for k, v in d["aug"].items() if v != plain(getattr(AugConfig, k))}
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -208,154 +285,11 @@ class TrainConfig:
         return build_config({**self.to_dict(), **changes})
 
 
-def _plain(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# building and checking
-
-
-def _did_you_mean(key: str, choices: Sequence[str], prefix: str = "") -> str:
-    return did_you_mean(key, choices, prefix=prefix)
-
-
-def _fmt_range(r: tuple) -> str:
-    lo, hi, lo_in, hi_in = r
-    return f"{'[' if lo_in else '('}{lo}, {hi if math.isfinite(hi) else 'inf'}{']' if hi_in else ')'}"
-
-
-def _in_range(v: float, r: tuple) -> bool:
-    lo, hi, lo_in, hi_in = r
-    return (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
-
-
-def _type_name(tp: Any) -> str:
-    if tp is Schedulable:
-        return "number or schedule {kind, start, end}"
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if typing.get_origin(tp) is tuple:
-        return f"list of {_type_name(args[0])}"
-    return {type(None): "null", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Return ``value`` converted to type ``tp`` or raise ``ConfigError`` naming ``key``."""
-    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if tp is Schedulable:
-        if isinstance(value, Mapping):
-            return dict(Schedule.parse(value, key=key).__dict__)
-        tp = float
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
-            if type(None) in args:
-                return None
-            raise bad
-        for a in args:  # order matters: bool before str for `resume`
-            if a is type(None):
-                continue
-            try:
-                return _coerce(key, value, a)
-            except ConfigError:
-                continue
-        raise bad
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [s.strip() for s in value.split(",") if s.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        return tuple(_coerce(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _BOOL_WORDS:  # YAML 1.1 words, read as strings
-            return _BOOL_WORDS[value.lower()]
-        raise bad
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        if isinstance(value, float) and not value.is_integer():
-            raise bad
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise bad
-        return str(value)
-    if tp is dict:
-        if not isinstance(value, Mapping):
-            raise bad
-        return dict(value)
-    raise bad  # pragma: no cover
-
-
-def _check_value(key: str, value: Any, meta: Mapping) -> None:
-    if value is None:
-        return
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{key}: {value!r} is not one of {list(meta['choices'])}"
-                          f"{_did_you_mean(str(value), meta['choices'])}")
-    r = meta.get("range")
-    if r is not None:
-        if isinstance(value, dict):  # a schedule: check both ends
-            sched = Schedule.parse(value, key=key)
-            if not (_in_range(sched.start, r) and _in_range(sched.end, r)):
-                raise ConfigError(f"{key}: schedule {sched.start} -> {sched.end} is outside the allowed range "
-                                  f"{_fmt_range(r)}")
-        elif isinstance(value, (int, float)) and not _in_range(value, r):
-            raise ConfigError(f"{key}: {value!r} is outside the allowed range {_fmt_range(r)}")
-    check = meta.get("check")
-    if check is not None and (msg := check(value)):
-        raise ConfigError(f"{key}: {value!r} {msg}")
-
-
-def _build(cls: type, raw: Mapping, prefix: str = "") -> Any:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__} {raw!r}")
-    hints = typing.get_type_hints(cls, globalns={**globals(), "Schedulable": Schedulable})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for k in raw:
-        if k not in fields:
-            raise ConfigError(f"unknown config key '{prefix}{k}'{_did_you_mean(str(k), list(fields), prefix)}; "
-                              f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        key, tp = prefix + name, hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, raw[name] if raw[name] is not None else {}, key + ".")
-            continue
-        try:
-            value = _coerce(key, raw[name], tp)
-        except ConfigError as e:
-            allowed = f.metadata.get("range") or f.metadata.get("choices")
-            if allowed is None:
-                raise
-            shown = _fmt_range(allowed) if f.metadata.get("range") else list(allowed)
-            raise ConfigError(f"{e} (allowed: {shown})") from None
-        _check_value(key, value, f.metadata)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def _sections() -> dict[str, set[str]]:
-    hints = typing.get_type_hints(TrainConfig, globalns={**globals(), "Schedulable": Schedulable})
-    return {n: {f.name for f in dataclasses.fields(tp)} for n, tp in hints.items() if dataclasses.is_dataclass(tp)}
+    hints = typing.get_type_hints(TrainConfig)
+    return {
+        n: {f.name for f in dataclasses.fields(tp)} for n, tp in hints.items() if dataclasses.is_dataclass(tp)
+    }
 
 
 def _resolve_aliases(raw: dict) -> dict:
@@ -375,7 +309,7 @@ def _resolve_aliases(raw: dict) -> dict:
 
 def build_config(raw: Mapping[str, Any]) -> TrainConfig:
     """Validate a nested mapping into a ``TrainConfig`` (raises ``ConfigError``)."""
-    return _build(TrainConfig, _resolve_aliases(dict(raw)))
+    return build_dataclass(TrainConfig, _resolve_aliases(dict(raw)))
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

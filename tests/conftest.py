@@ -21,6 +21,7 @@ def _torch_threads():
     torch.set_num_threads(2)
     yield
 
+
 _PRUNED: dict[tuple[str, str], tuple] = {}
 
 

@@ -29,13 +29,16 @@ def test_save_model_round_trips_and_assembles_the_one_layout(model, tmp_path):
     assert all((v == 0).all() for v in checkpoint_dict(model, state_dict=ema)["model"]["state_dict"].values())
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("truncated", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
-    ("text", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
-    ("random", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
-    ("empty", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
-    ("pickled_module", "a pickled model or object (it would import torch.nn.modules.linear.Linear)"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("truncated", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
+        ("text", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
+        ("random", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
+        ("empty", "not a readable checkpoint (corrupt, truncated or not a PyTorch file"),
+        ("pickled_module", "a pickled model or object (it would import torch.nn.modules.linear.Linear)"),
+    ],
+)
 def test_unloadable_files_get_the_right_one_line_reason(kind, reason, model, tmp_path):
     path = tmp_path / f"{kind}.pt"
     good = save_model(tmp_path / "good.pt", model)
@@ -75,7 +78,18 @@ def test_a_checkpoint_from_a_newer_mtkd_is_refused_naming_the_version(model, tmp
 def test_prune_into_an_impossible_output_is_one_line(model, tmp_path, capsys):
     weights = save_model(tmp_path / "m.pt", model)
     (tmp_path / "file").write_text("x")
-    rc = run_command("prune", ["--weights", str(weights), "--ratio", "0.3", "--imgsz", "64",
-                               "--out", str(tmp_path / "file" / "pruned.pt")])
+    rc = run_command(
+        "prune",
+        [
+            "--weights",
+            str(weights),
+            "--ratio",
+            "0.3",
+            "--imgsz",
+            "64",
+            "--out",
+            str(tmp_path / "file" / "pruned.pt"),
+        ],
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and str(tmp_path / "file") in err

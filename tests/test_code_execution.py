@@ -35,8 +35,15 @@ def data(tmp_path_factory) -> Path:
 
 
 def _generic_payload(marker: Path) -> dict:
-    return {"adapter": "generic", "target": "os:system", "kwargs": {"command": f"touch {marker}"},
-            "outputs": {"seg": 0}, "seg_activation": "logits", "det_names": [], "seg_names": ["a", "b"]}
+    return {
+        "adapter": "generic",
+        "target": "os:system",
+        "kwargs": {"command": f"touch {marker}"},
+        "outputs": {"seg": 0},
+        "seg_activation": "logits",
+        "det_names": [],
+        "seg_names": ["a", "b"],
+    }
 
 
 def _ultralytics_payload(marker: Path) -> dict:
@@ -50,8 +57,21 @@ def _ultralytics_payload(marker: Path) -> dict:
 def real_run(tmp_path_factory, data) -> Path:
     """A real 1-epoch run of 2: its last.pt holds a well-formed, resumable training state."""
     project = tmp_path_factory.mktemp("victim_runs")
-    rc = run_command("train", [str(CONFIG), f"data={data}", "imgsz=64", "epochs=2", "batch=2", "workers=0",
-                               "tensorboard=false", f"project={project}", "name=victim", "eval_every=1000"])
+    rc = run_command(
+        "train",
+        [
+            str(CONFIG),
+            f"data={data}",
+            "imgsz=64",
+            "epochs=2",
+            "batch=2",
+            "workers=0",
+            "tensorboard=false",
+            f"project={project}",
+            "name=victim",
+            "eval_every=1000",
+        ],
+    )
     assert rc == 0
     ckpt = load_checkpoint(project / "victim" / "weights" / "last.pt")
     ckpt["train"]["epoch"] = 1  # as if stopped after the first of two epochs
@@ -77,10 +97,28 @@ def payload(request, tmp_path_factory, real_run) -> tuple[Path, Path]:
 
 
 def _commands(ckpt: Path, data: Path, out: Path) -> dict[str, list[str]]:
-    common = [str(CONFIG), f"data={data}", "imgsz=64", "epochs=1", "workers=0", "batch=2", "tensorboard=false",
-              f"project={out / 'runs'}"]
+    common = [
+        str(CONFIG),
+        f"data={data}",
+        "imgsz=64",
+        "epochs=1",
+        "workers=0",
+        "batch=2",
+        "tensorboard=false",
+        f"project={out / 'runs'}",
+    ]
     return {
-        "eval": ["eval", "--weights", str(ckpt), "--data", str(data), "--no-speed", "--quiet", "--workers", "0"],
+        "eval": [
+            "eval",
+            "--weights",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--no-speed",
+            "--quiet",
+            "--workers",
+            "0",
+        ],
         "train_teacher": ["train", *common, "name=t", f"teacher={ckpt}"],
         "train_student": ["train", *common, "name=s", f"student={ckpt}"],
         "train_resume": ["train", str(ckpt.parent.parent / "config.yaml"), f"resume={ckpt}"],
@@ -91,8 +129,10 @@ def _commands(ckpt: Path, data: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("command", ["eval", "train_teacher", "train_student", "train_resume", "prune", "export",
-                                     "convert", "convert_base"])
+@pytest.mark.parametrize(
+    "command",
+    ["eval", "train_teacher", "train_student", "train_resume", "prune", "export", "convert", "convert_base"],
+)
 def test_no_command_runs_code_named_by_a_checkpoint(command, payload, data, tmp_path, capsys):
     ckpt, marker = payload
     torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")  # a plain state_dict for convert --base
@@ -125,10 +165,20 @@ def test_ultralytics_yaml_fields_are_checked_against_an_allowlist(tmp_path):
 def test_generic_checkpoint_loads_with_the_opt_in_only(tmp_path, monkeypatch, capsys, data):
     monkeypatch.syspath_prepend(str(TOYS))
     target = "mtkd_adapter_toys:AnchorFreeToy"
-    model = build_model({"adapter": "generic", "target": target, "kwargs": {"nc": 3, "nc_seg": 3, "reg_max": 4},
-                         "outputs": {"det": "det", "seg": "seg"}, "det_kind": "anchor_free", "strides": [8, 16, 32],
-                         "reg_max": 4, "seg_activation": "softmax"}, det_names=["circle", "square", "triangle"],
-                        seg_names=["background", "circle", "square"])
+    model = build_model(
+        {
+            "adapter": "generic",
+            "target": target,
+            "kwargs": {"nc": 3, "nc_seg": 3, "reg_max": 4},
+            "outputs": {"det": "det", "seg": "seg"},
+            "det_kind": "anchor_free",
+            "strides": [8, 16, 32],
+            "reg_max": 4,
+            "seg_activation": "softmax",
+        },
+        det_names=["circle", "square", "triangle"],
+        seg_names=["background", "circle", "square"],
+    )
     path = save_checkpoint({"model": model_state(model)}, tmp_path / "generic.pt")
     with pytest.raises(CheckpointError, match=rf"{path}: .*--trust-code {target}"):
         load_model(path)

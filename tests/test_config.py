@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_and_flat_overrides():
-    cfg = load_config(None, ["epochs=3", "batch=8", "teacher=t.pt", "alpha_seg=0.25", "device=cuda:1",
-                             "amp=bf16", "resume=true"])
+    cfg = load_config(
+        None,
+        ["epochs=3", "batch=8", "teacher=t.pt", "alpha_seg=0.25", "device=cuda:1", "amp=bf16", "resume=true"],
+    )
     assert (cfg.epochs, cfg.batch, cfg.teacher, cfg.alpha_seg, cfg.device) == (3, 8, "t.pt", 0.25, "cuda:1")
     assert cfg.distilling and cfg.resume is True
     assert not load_config(None, []).distilling  # distillation is on iff a teacher is set
@@ -23,8 +25,16 @@ def test_defaults_and_flat_overrides():
 
 
 def test_nested_keys_aliases_and_schedules():
-    cfg = load_config(None, ["optim.lr=0.02", "weight_decay=0.001", "distill.feat_kd.names=[p3, p4]",
-                             "distill.feat_kd.weight=0.5", "temperature={kind: linear, start: 4, end: 1}"])
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=0.02",
+            "weight_decay=0.001",
+            "distill.feat_kd.names=[p3, p4]",
+            "distill.feat_kd.weight=0.5",
+            "temperature={kind: linear, start: 4, end: 1}",
+        ],
+    )
     assert cfg.optim.lr == 0.02 and cfg.optim.weight_decay == 0.001  # flat `weight_decay` -> optim section
     assert cfg.distill.feat_kd.names == ("p3", "p4") and cfg.distill.feat_kd.weight == 0.5
     assert cfg.temperature == {"kind": "linear", "start": 4.0, "end": 1.0}
@@ -37,7 +47,10 @@ def test_nested_keys_aliases_and_schedules():
         ("epoch=3", "unknown config key 'epoch' (did you mean 'epochs'?)"),
         ("tempreature=2", "did you mean 'temperature'?"),
         ("distill.feat_kd.wieght=1", "did you mean 'distill.feat_kd.weight'?"),
-        ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of ['adamw', 'sgd'] (did you mean 'adamw'?)"),
+        (
+            "optim.optimizer=adam",
+            "optim.optimizer: 'adam' is not one of ['adamw', 'sgd'] (did you mean 'adamw'?)",
+        ),
     ],
 )
 def test_unknown_keys_suggest(override, message):
@@ -83,7 +96,9 @@ def test_base_inheritance_and_round_trip(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["shapes_teacher", "shapes_student", "shapes_distill", "examples/yolop_pruned_student"])
+@pytest.mark.parametrize(
+    "name", ["shapes_teacher", "shapes_student", "shapes_distill", "examples/yolop_pruned_student"]
+)
 def test_shipped_configs_load_with_overrides(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", ["data=other.yaml", "model=yolo_mt_s"])
     assert cfg.data == "other.yaml" and cfg.model == "yolo_mt_s"
@@ -111,7 +126,9 @@ def test_bool_fields_accept_yaml_11_words_and_refuse_others():
 def test_a_bad_key_in_a_config_file_names_the_file(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("epochs: 3\nepoch: 4\n")
-    with pytest.raises(ConfigError, match=rf"^{path}: unknown config key 'epoch' \(did you mean 'epochs'\?\)"):
+    with pytest.raises(
+        ConfigError, match=rf"^{path}: unknown config key 'epoch' \(did you mean 'epochs'\?\)"
+    ):
         load_config(path, [])
     good = tmp_path / "good.yaml"
     good.write_text("epochs: 3\n")
@@ -132,9 +149,21 @@ def test_amp_off_trains(tmp_path):
     from mtkd.data.shapes import make_shapes
 
     data = make_shapes(tmp_path / "data", n_train=2, n_val=2, size=64, seed=0)
-    rc = run_command("train", [str(ROOT / "configs" / "shapes_student.yaml"), f"data={data}", "amp=off", "imgsz=64",
-                               "epochs=1", "batch=2", "workers=0", "tensorboard=false", f"project={tmp_path}",
-                               "name=amp_off"])
+    rc = run_command(
+        "train",
+        [
+            str(ROOT / "configs" / "shapes_student.yaml"),
+            f"data={data}",
+            "amp=off",
+            "imgsz=64",
+            "epochs=1",
+            "batch=2",
+            "workers=0",
+            "tensorboard=false",
+            f"project={tmp_path}",
+            "name=amp_off",
+        ],
+    )
     assert rc == 0 and (tmp_path / "amp_off" / "weights" / "last.pt").is_file()
 
 
@@ -143,7 +172,10 @@ def test_amp_off_trains(tmp_path):
     ("override", "message"),
     [
         ("alpha_seg=1.5", "alpha_seg: 1.5 is outside the allowed range [0.0, 1.0]"),
-        ("alpha_det={kind: linear, start: 0, end: 2}", "alpha_det: schedule 0.0 -> 2.0 is outside the allowed range"),
+        (
+            "alpha_det={kind: linear, start: 0, end: 2}",
+            "alpha_det: schedule 0.0 -> 2.0 is outside the allowed range",
+        ),
         ("ratio_det=-1", "ratio_det: -1.0 is outside the allowed range [0.0, inf)"),
         ("ratio_seg=-1", "ratio_seg: -1.0 is outside the allowed range [0.0, inf)"),
         ("temperature=0", "temperature: 0.0 is outside the allowed range (0.0, inf)"),
@@ -151,25 +183,48 @@ def test_amp_off_trains(tmp_path):
         ("temperature={kind: linaer, start: 1, end: 4}", "did you mean 'linear'?"),
         ("alpha_sge=0.5", "unknown config key 'alpha_sge' (did you mean 'alpha_seg'?)"),
         ("distill.seg_kd=kll", "distill.seg_kd: 'kll' is not one of ['kl', 'cwd'] (did you mean 'kl'?)"),
-        ("distill.det_kd.wieght=1", "unknown config key 'distill.det_kd.wieght' (did you mean 'distill.det_kd.weight'?)"),
+        (
+            "distill.det_kd.wieght=1",
+            "unknown config key 'distill.det_kd.wieght' (did you mean 'distill.det_kd.weight'?)",
+        ),
         ("distill.det_kd.ld=maybe", "distill.det_kd.ld: expected bool, got str 'maybe'"),
         ("distill.det_kd.weight=-1", "distill.det_kd.weight: -1.0 is outside the allowed range [0.0, inf)"),
-        ("distill.det_kd.temperature=0", "distill.det_kd.temperature: 0.0 is outside the allowed range (0.0, inf)"),
+        (
+            "distill.det_kd.temperature=0",
+            "distill.det_kd.temperature: 0.0 is outside the allowed range (0.0, inf)",
+        ),
         ("distill.feat_kd.knd=at", "did you mean 'distill.feat_kd.kind'?"),
-        ("distill.feat_kd.kind=fitnte", "distill.feat_kd.kind: 'fitnte' is not one of ['fitnet', 'at', 'sp', 'cc', "
-                                        "'cwd'] (did you mean 'fitnet'?)"),
+        (
+            "distill.feat_kd.kind=fitnte",
+            "distill.feat_kd.kind: 'fitnte' is not one of ['fitnet', 'at', 'sp', 'cc', "
+            "'cwd'] (did you mean 'fitnet'?)",
+        ),
         ("distill.feat_kd.weight=-2", "distill.feat_kd.weight: -2.0 is outside the allowed range [0.0, inf)"),
-        ("distill.feat_kd.names=[p3, p3]", "distill.feat_kd.names: duplicate feature names (dots count as '_')"),
-        ("distill.feat_kd={kind: at, options: {gamma: 0.1}}",
-         "distill.feat_kd.options: 'gamma' is not an option of kind 'at'; its options: p"),
-        ("distill.feat_kd={kind: cc, options: {gama: 0.1}}", "'gama' is not an option of kind 'cc' (did you mean "
-                                                             "'gamma'?); its options: kernel, gamma, order"),
-        ("distill.feat_kd={kind: fitnet, options: {p: 2}}", "'p' is not an option of kind 'fitnet'; its options: none"),
-        ("distill.feat_kd={kind: cc, options: {kernel: box}}",
-         "distill.feat_kd.options.kernel: 'box' is not one of ['gaussian', 'bilinear']"),
+        (
+            "distill.feat_kd.names=[p3, p3]",
+            "distill.feat_kd.names: duplicate feature names (dots count as '_')",
+        ),
+        (
+            "distill.feat_kd={kind: at, options: {gamma: 0.1}}",
+            "distill.feat_kd.options: 'gamma' is not an option of kind 'at'; its options: p",
+        ),
+        (
+            "distill.feat_kd={kind: cc, options: {gama: 0.1}}",
+            "'gama' is not an option of kind 'cc' (did you mean 'gamma'?); its options: kernel, gamma, order",
+        ),
+        (
+            "distill.feat_kd={kind: fitnet, options: {p: 2}}",
+            "'p' is not an option of kind 'fitnet'; its options: none",
+        ),
+        (
+            "distill.feat_kd={kind: cc, options: {kernel: box}}",
+            "distill.feat_kd.options.kernel: 'box' is not one of ['gaussian', 'bilinear']",
+        ),
         ("distill.feat_kd={kind: cc, options: {order: 1.5}}", "distill.feat_kd.options.order: expected int"),
-        ("distill.feat_kd={kind: cwd, options: {temperature: 0}}",
-         "distill.feat_kd.options.temperature: 0.0 is outside the allowed range (0.0, inf)"),
+        (
+            "distill.feat_kd={kind: cwd, options: {temperature: 0}}",
+            "distill.feat_kd.options.temperature: 0.0 is outside the allowed range (0.0, inf)",
+        ),
         ("distill.feat_kd={kind: at, options: {p: -1}}", "distill.feat_kd.options.p: -1.0 is outside"),
         ("distill=[0.5]", "distill: expected a mapping, got list [0.5]"),
     ],
@@ -193,7 +248,9 @@ def test_feat_kd_options_are_typed_and_fit_the_loss_classes():
         init = vars(FEATURE_LOSSES[kind]).get("__init__")
         params = [p for p in inspect.signature(init).parameters if p != "self"] if init else []
         assert sorted(options) == sorted(params), kind
-    cfg = load_config(None, ["teacher=t.pt", "distill.feat_kd={names: [p3, p4], kind: cc, options: {gamma: 1, order: 3}}"])
+    cfg = load_config(
+        None, ["teacher=t.pt", "distill.feat_kd={names: [p3, p4], kind: cc, options: {gamma: 1, order: 3}}"]
+    )
     assert cfg.distill.feat_kd.options == {"gamma": 1.0, "order": 3}
     assert isinstance(cfg.distill.feat_kd.options["gamma"], float)
     loss = DistillLoss.from_config(cfg).feature.loss
@@ -209,13 +266,20 @@ def test_aug_is_a_typed_section_and_empty_means_defaults(tmp_path):
     default = load_config(None, []).aug
     assert default == AugConfig() and default.scale == (0.5, 1.5) and default.hflip == 0.5
     assert build_config({"aug": {}}).aug == default and build_config({"aug": None}).aug == default
-    assert load_config(None, []).to_dict()["aug"] == {}  # saved as before: only the keys that differ from defaults
+    assert (
+        load_config(None, []).to_dict()["aug"] == {}
+    )  # saved as before: only the keys that differ from defaults
     old = tmp_path / "config.yaml"  # a config.yaml (or a checkpoint's config) saved before aug was typed
     old.write_text("epochs: 3\naug: {}\n")
     assert load_config(old).aug == default
-    cfg = load_config(None, ["aug={scale: [0.8, 1.25], hflip: 0}", "min_area=2"])  # flat keys of the section work
+    cfg = load_config(
+        None, ["aug={scale: [0.8, 1.25], hflip: 0}", "min_area=2"]
+    )  # flat keys of the section work
     assert cfg.aug == AugConfig(scale=(0.8, 1.25), hflip=0.0, min_area=2.0)
-    assert cfg.to_dict()["aug"]["scale"] == [0.8, 1.25] and load_config(save_config(cfg, tmp_path / "s.yaml")) == cfg
+    assert (
+        cfg.to_dict()["aug"]["scale"] == [0.8, 1.25]
+        and load_config(save_config(cfg, tmp_path / "s.yaml")) == cfg
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,28 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     from mtkd.demo import MODELS, main
 
     out = tmp_path / "demo"
-    rc = main(["--out", str(out), "--data-dir", str(tmp_path / "shapes"), "--n-train", "16", "--n-val", "8",
-               "--imgsz", "64", "--teacher-epochs", "1", "--student-epochs", "1", "--workers", "0",
-               "--configs", str(REPO / "configs")])
+    rc = main(
+        [
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "shapes"),
+            "--n-train",
+            "16",
+            "--n-val",
+            "8",
+            "--imgsz",
+            "64",
+            "--teacher-epochs",
+            "1",
+            "--student-epochs",
+            "1",
+            "--workers",
+            "0",
+            "--configs",
+            str(REPO / "configs"),
+        ]
+    )
     assert rc == 0
     for name in MODELS:
         m = json.loads((out / "metrics" / f"{name}.json").read_text())
@@ -37,14 +56,32 @@ def test_benchmark_writes_ratios(tmp_path):
     from mtkd.engine.benchmark import main
 
     out = tmp_path / "bench.json"
-    rc = main(["--config", str(REPO / "configs" / "shapes_distill.yaml"), "--out", str(out), "--steps", "2",
-               "--warmup", "1", "--batches", "2", "--teacher-model", "yolo_mt_n",
-               f"data={tmp_path / 'missing.yaml'}", "imgsz=64", "batch=4", "workers=0"])
+    rc = main(
+        [
+            "--config",
+            str(REPO / "configs" / "shapes_distill.yaml"),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batches",
+            "2",
+            "--teacher-model",
+            "yolo_mt_n",
+            f"data={tmp_path / 'missing.yaml'}",
+            "imgsz=64",
+            "batch=4",
+            "workers=0",
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     ms = res["ms"]
     assert min(ms.values()) > 0
-    assert res["kd_overhead_ratio"] == pytest.approx(ms["kd_step"] / (ms["student_step"] + ms["teacher_forward"]),
-                                                     rel=1e-3)
+    assert res["kd_overhead_ratio"] == pytest.approx(
+        ms["kd_step"] / (ms["student_step"] + ms["teacher_forward"]), rel=1e-3
+    )
     assert res["kd_vs_student"] == pytest.approx(ms["kd_step"] / ms["student_step"], rel=1e-3)
     assert res["dataloader_images_per_s"] > 0 and res["eval_images_per_s"] > 0

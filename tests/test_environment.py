@@ -49,10 +49,12 @@ def test_library_imports_and_builds_are_silent(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
     env["YOLO_CONFIG_DIR"] = str(tmp_path / "ultralytics")
     env["YOLO_OFFLINE"] = "1"  # no DNS probe on this offline machine; it does not change what is printed
-    code = ("from mtkd.models import build_model\n"
-            "import mtkd.models.adapters.ultralytics\n"
-            "build_model({'adapter': 'ultralytics', 'model': 'yolov8n.yaml'}, nc_det=3, nc_seg=2)\n"
-            "build_model('yolo_mt_n', nc_det=3, nc_seg=2)\n")
+    code = (
+        "from mtkd.models import build_model\n"
+        "import mtkd.models.adapters.ultralytics\n"
+        "build_model({'adapter': 'ultralytics', 'model': 'yolov8n.yaml'}, nc_det=3, nc_seg=2)\n"
+        "build_model('yolo_mt_n', nc_det=3, nc_seg=2)\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "" and res.stderr == "", res.stdout + res.stderr
@@ -66,6 +68,8 @@ def test_an_unexpected_file_system_error_is_one_line(monkeypatch, capsys):
     def boom(argv):
         raise PermissionError(13, "Permission denied", "/some/where/file.json")
 
-    monkeypatch.setattr(cli.importlib, "import_module", lambda name: type("M", (), {"main": staticmethod(boom)}))
+    monkeypatch.setattr(
+        cli.importlib, "import_module", lambda name: type("M", (), {"main": staticmethod(boom)})
+    )
     assert cli.run_command("eval", []) == 2
     assert capsys.readouterr().err.strip() == "mtkd eval: error: /some/where/file.json: permission denied"

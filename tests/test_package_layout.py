@@ -11,8 +11,15 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "mtkd"
-LAYERS = [("errors", "utils", "mtkd"), ("config", "checkpoint"), ("data", "models"), ("losses",),
-          ("engine", "eval"), ("prune", "export", "report"), ("cli", "demo")]
+LAYERS = [
+    ("errors", "utils", "mtkd"),
+    ("config", "checkpoint"),
+    ("data", "models"),
+    ("losses",),
+    ("engine", "eval"),
+    ("prune", "export", "report"),
+    ("cli", "demo"),
+]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 MAX_LINES = 450
 
@@ -30,10 +37,16 @@ def import_graph() -> dict[str, dict[str, list[str]]]:
         unit = _unit(".".join(rel.with_suffix("").parts))
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] if node.module != "mtkd" else [
-                    f"mtkd.{a.name}" if (PKG / a.name).exists() or (PKG / f"{a.name}.py").exists() else "mtkd"
-                    for a in node.names
-                ]
+                names = (
+                    [node.module]
+                    if node.module != "mtkd"
+                    else [
+                        f"mtkd.{a.name}"
+                        if (PKG / a.name).exists() or (PKG / f"{a.name}.py").exists()
+                        else "mtkd"
+                        for a in node.names
+                    ]
+                )
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:
@@ -45,14 +58,21 @@ def import_graph() -> dict[str, dict[str, list[str]]]:
 
 
 def test_every_unit_has_a_layer():
-    units = {p.stem if p.suffix == ".py" else p.name for p in PKG.iterdir()
-             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
+    units = {
+        p.stem if p.suffix == ".py" else p.name
+        for p in PKG.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+    }
     assert units - set(LAYER) == set(), "add new top-level modules/sub-packages to LAYERS"
 
 
 def test_imports_only_go_down_the_layers():
-    bad = [f"{u} -> {v} ({where[0]})" for u, deps in import_graph().items() for v, where in deps.items()
-           if LAYER.get(v, 99) > LAYER[u]]
+    bad = [
+        f"{u} -> {v} ({where[0]})"
+        for u, deps in import_graph().items()
+        for v, where in deps.items()
+        if LAYER.get(v, 99) > LAYER[u]
+    ]
     assert not bad, bad
 
 
@@ -74,8 +94,11 @@ def test_no_import_cycles():
 
 
 def test_no_module_is_longer_than_the_limit():
-    long = {str(f.relative_to(PKG.parent)): n for f in PKG.rglob("*.py")
-            if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    long = {
+        str(f.relative_to(PKG.parent)): n
+        for f in PKG.rglob("*.py")
+        if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert not long, long
 
 

@@ -75,7 +75,7 @@ class RawSample:
     path: Path
 
 
-def _pil_open(path: Path):
+def pil_open(path: Path):
     """``PIL.Image.open`` without Ultralytics' process-wide patch: once Ultralytics is imported, its patched
     ``Image.open`` answers an unidentifiable file by trying to load (or install) the ``pi-heif`` plugin."""
     import sys
@@ -112,7 +112,7 @@ def _read_pil(path: Path, what: str, to_array) -> tuple[np.ndarray | None, list[
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _pil_open(path) as im:
+            with pil_open(path) as im:
                 out = to_array(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return None, [Problem(path, f"{what} is over PIL's pixel limit (Image.MAX_IMAGE_PIXELS): {e}")]

@@ -35,8 +35,9 @@ import torch
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mtkd benchmark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mtkd benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default="configs/shapes_distill.yaml", help="distillation config (YAML)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (default: random --teacher-model)")
     p.add_argument("--teacher-model", default="yolo_mt_s")
@@ -61,8 +62,14 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> Any:
     from mtkd.data.descriptor import load_data_yaml
     from mtkd.errors import DatasetError
 
-    overrides = [f"project={tmp / 'runs'}", "name=bench", "exist_ok=true", "tensorboard=false", "ema=true",
-                 *args.overrides]
+    overrides = [
+        f"project={tmp / 'runs'}",
+        "name=bench",
+        "exist_ok=true",
+        "tensorboard=false",
+        "ema=true",
+        *args.overrides,
+    ]
     cfg = load_config(args.config, overrides)
     try:
         load_data_yaml(cfg.data)  # checks that the split folders exist
@@ -130,18 +137,33 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
 
         t0 = time.perf_counter()
-        ev = evaluate_model(trainer.ema.ema if trainer.ema else trainer.student, trainer.val_loader,
-                            spec=trainer.spec, device=trainer.device, progress=False)
+        ev = evaluate_model(
+            trainer.ema.ema if trainer.ema else trainer.student,
+            trainer.val_loader,
+            spec=trainer.spec,
+            device=trainer.device,
+            progress=False,
+        )
         eval_s = time.perf_counter() - t0
         n_eval = int(ev.get("data", {}).get("images") or len(trainer.val_loader.dataset))
 
         return {
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpus": torch.get_num_threads(), "torch": torch.__version__,
-                        "device": str(trainer.device)},
-            "config": {"student": cfg.student or cfg.model, "teacher_model": args.teacher_model
-                       if args.teacher is None else args.teacher, "imgsz": cfg.imgsz, "batch": cfg.batch,
-                       "feat_kd": list(feats), "steps": args.steps, "warmup": args.warmup},
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpus": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "device": str(trainer.device),
+            },
+            "config": {
+                "student": cfg.student or cfg.model,
+                "teacher_model": args.teacher_model if args.teacher is None else args.teacher,
+                "imgsz": cfg.imgsz,
+                "batch": cfg.batch,
+                "feat_kd": list(feats),
+                "steps": args.steps,
+                "warmup": args.warmup,
+            },
             "ms": {k: round(v, 3) for k, v in med.items()},
             "kd_overhead_ratio": round(med["kd_step"] / (med["student_step"] + med["teacher_forward"]), 4),
             "kd_vs_student": round(med["kd_step"] / med["student_step"], 4),
@@ -155,12 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     res = run_benchmark(args)
     from mtkd.utils.atomic import write_text
 
-    write_text(args.out, json.dumps(res, indent=2) + "\n", what="benchmark JSON")  # atomic: a failure keeps the old
+    write_text(
+        args.out, json.dumps(res, indent=2) + "\n", what="benchmark JSON"
+    )  # atomic: a failure keeps the old
     ms = res["ms"]
-    print(f"student_step {ms['student_step']:.1f} ms | teacher_forward {ms['teacher_forward']:.1f} ms | "
-          f"kd_step {ms['kd_step']:.1f} ms")
-    print(f"kd_overhead_ratio = {res['kd_overhead_ratio']:.3f} (target <= 1.10)   "
-          f"kd_vs_student = {res['kd_vs_student']:.3f}")
-    print(f"dataloader {res['dataloader_images_per_s']:.1f} img/s | eval {res['eval_images_per_s']:.1f} img/s")
+    print(
+        f"student_step {ms['student_step']:.1f} ms | teacher_forward {ms['teacher_forward']:.1f} ms | "
+        f"kd_step {ms['kd_step']:.1f} ms"
+    )
+    print(
+        f"kd_overhead_ratio = {res['kd_overhead_ratio']:.3f} (target <= 1.10)   "
+        f"kd_vs_student = {res['kd_vs_student']:.3f}"
+    )
+    print(
+        f"dataloader {res['dataloader_images_per_s']:.1f} img/s | eval {res['eval_images_per_s']:.1f} img/s"
+    )
     print(f"wrote {args.out}")
     return 0

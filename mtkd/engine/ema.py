@@ -30,7 +30,9 @@ class ModelEMA:
         updates: number of updates already done (for resume).
     """
 
-    def __init__(self, model: nn.Module, *, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, *, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0
+    ) -> None:
         self.ema = copy.deepcopy(unwrap(model)).eval()
         self.ema.requires_grad_(False)
         self.decay = float(decay)

@@ -42,8 +42,9 @@ def lr_factor(it: int, *, total: int, warmup: int, warmup_start: float, final: f
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, *, iters_per_epoch: int,
-                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: OptimConfig, *, iters_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """``LambdaLR`` stepped once per iteration (its state dict holds the iteration count for resume)."""
     total = iters_per_epoch * epochs
     warmup = min(round(cfg.warmup_epochs * iters_per_epoch), max(total - 1, 0))

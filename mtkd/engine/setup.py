@@ -19,7 +19,17 @@ from mtkd.errors import CheckpointError, ConfigError, OutputError
 from mtkd.utils.atomic import describe_os_error, remove_stale_temps
 
 #: keys that may differ between a resumed run's saved config and the command that resumes it
-RESUME_MUTABLE = ("resume", "device", "workers", "epochs", "exist_ok", "tensorboard", "project", "name", "trust_code")
+RESUME_MUTABLE = (
+    "resume",
+    "device",
+    "workers",
+    "epochs",
+    "exist_ok",
+    "tensorboard",
+    "project",
+    "name",
+    "trust_code",
+)
 
 #: the files of a run, relative to its folder (a fresh ``exist_ok=true`` run replaces them)
 RUN_FILES = ("config.yaml", "results.csv", "weights/last.pt", "weights/best.pt")
@@ -31,8 +41,10 @@ def check_run_name(cfg: TrainConfig) -> None:
     name = str(cfg.name)
     parts = Path(os.path.normpath(name)).parts if name.strip() else ()
     if not parts or os.path.isabs(name) or parts == (".",) or parts[0] == "..":
-        raise ConfigError(f"name: {name!r} is not a run folder inside project ({cfg.project}); expected a plain "
-                          f"folder name such as 'exp1' (no absolute path, no '..')")
+        raise ConfigError(
+            f"name: {name!r} is not a run folder inside project ({cfg.project}); expected a plain "
+            f"folder name such as 'exp1' (no absolute path, no '..')"
+        )
 
 
 def planned_run_dir(cfg: TrainConfig) -> Path:
@@ -59,7 +71,9 @@ class RunLock:
         run_dir = Path(run_dir)
         created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
         if run_dir.exists() and not run_dir.is_dir():
-            raise OutputError(f"{run_dir}: the run folder is an existing file; choose another project= or name=")
+            raise OutputError(
+                f"{run_dir}: the run folder is an existing file; choose another project= or name="
+            )
         cls._mkdir(run_dir)
         try:
             import fcntl
@@ -73,14 +87,18 @@ class RunLock:
                 cls._mkdir(run_dir)
                 continue
             except OSError as e:
-                raise OutputError(f"{run_dir}: cannot write into the run folder ({describe_os_error(e)}); choose a "
-                                  f"writable project=") from None
+                raise OutputError(
+                    f"{run_dir}: cannot write into the run folder ({describe_os_error(e)}); choose a "
+                    f"writable project="
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise ConfigError(f"name: run folder {run_dir} is in use by another training run (it holds "
-                                  f"{path}); wait for that run to end, or choose another name=") from None
+                raise ConfigError(
+                    f"name: run folder {run_dir} is in use by another training run (it holds "
+                    f"{path}); wait for that run to end, or choose another name="
+                ) from None
             except OSError as e:
                 os.close(fd)
                 raise OutputError(f"{path}: cannot lock the run folder ({describe_os_error(e)})") from None
@@ -98,8 +116,10 @@ class RunLock:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OutputError(f"{run_dir}: cannot create the run folder ({describe_os_error(e)}); choose a writable "
-                              f"project=") from None
+            raise OutputError(
+                f"{run_dir}: cannot create the run folder ({describe_os_error(e)}); choose a writable "
+                f"project="
+            ) from None
 
     def release(self) -> None:
         """Unlock (idempotent); remove the lock file, then the folders ``acquire`` created if they are empty."""
@@ -133,7 +153,9 @@ def clean_stale_temps(run_dir: Path) -> list[Path]:
 def _int_field(st: Mapping[str, Any], key: str, path: Path) -> int:
     v = st.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise CheckpointError(f"{path}: field 'train.{key}' must be a non-negative int, got {type(v).__name__} {v!r}")
+        raise CheckpointError(
+            f"{path}: field 'train.{key}' must be a non-negative int, got {type(v).__name__} {v!r}"
+        )
     return v
 
 
@@ -152,10 +174,17 @@ def check_train_state(ckpt: Mapping[str, Any], path: Path, full: bool = True) ->
     if not full:
         return dict(st)
     _int_field(st, "step", path)
-    for key, kind in (("model", Mapping), ("optimizer", Mapping), ("scheduler", Mapping), ("scaler", Mapping),
-                      ("rng", Mapping)):
+    for key, kind in (
+        ("model", Mapping),
+        ("optimizer", Mapping),
+        ("scheduler", Mapping),
+        ("scaler", Mapping),
+        ("rng", Mapping),
+    ):
         if not isinstance(st.get(key), kind):
-            raise CheckpointError(f"{path}: field 'train.{key}' must be a dict, got {type(st.get(key)).__name__}")
+            raise CheckpointError(
+                f"{path}: field 'train.{key}' must be a dict, got {type(st.get(key)).__name__}"
+            )
     bf = st.get("best_fitness")
     if bf is not None and (isinstance(bf, bool) or not isinstance(bf, (int, float))):
         raise CheckpointError(f"{path}: field 'train.best_fitness' must be a number or None, got {bf!r}")
@@ -186,8 +215,9 @@ def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
     ckpt = load_checkpoint(path)
     st = check_train_state(ckpt, path, full=False)
     if not isinstance(ckpt.get("config"), Mapping):
-        raise CheckpointError(f"{path}: field 'config' must be the run's config dict, got "
-                              f"{type(ckpt.get('config')).__name__}")
+        raise CheckpointError(
+            f"{path}: field 'config' must be the run's config dict, got {type(ckpt.get('config')).__name__}"
+        )
     try:
         saved = build_config(ckpt["config"])
     except ConfigError as e:
@@ -195,16 +225,23 @@ def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
     new, old = cfg.to_dict(), saved.to_dict()
     for k in new:
         if k not in RESUME_MUTABLE and new[k] != old[k]:
-            raise ConfigError(f"resume: '{k}' is {new[k]!r} but the run being resumed used {old[k]!r}; resume keeps "
-                              f"the saved config (only {', '.join(RESUME_MUTABLE[1:5])} may change) — start a new run "
-                              f"with another name= to change it")
+            raise ConfigError(
+                f"resume: '{k}' is {new[k]!r} but the run being resumed used {old[k]!r}; resume keeps "
+                f"the saved config (only {', '.join(RESUME_MUTABLE[1:5])} may change) — start a new run "
+                f"with another name= to change it"
+            )
     run_dir = path.parent.parent
-    merged = saved.replace(**{k: new[k] for k in ("device", "workers", "epochs", "tensorboard", "resume", "trust_code")},
-                           project=str(run_dir.parent), name=run_dir.name)
+    merged = saved.replace(
+        **{k: new[k] for k in ("device", "workers", "epochs", "tensorboard", "resume", "trust_code")},
+        project=str(run_dir.parent),
+        name=run_dir.name,
+    )
     done = st["epoch"]
     if done > merged.epochs or (done == merged.epochs and not st.get("eval_pending")):
-        raise ConfigError(f"resume: {path} already finished {done} of epochs={merged.epochs}; "
-                          f"pass epochs=N (N > {done}) to train longer")
+        raise ConfigError(
+            f"resume: {path} already finished {done} of epochs={merged.epochs}; "
+            f"pass epochs=N (N > {done}) to train longer"
+        )
     return merged, ckpt, run_dir
 
 
@@ -212,8 +249,11 @@ def _run_contents(run_dir: Path) -> list[str]:
     """Files under ``run_dir`` (relative, sorted), the lock file left out."""
     if not run_dir.is_dir():
         return []
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
-                  if not p.is_dir() and p.relative_to(run_dir) != Path(LOCK_NAME))
+    return sorted(
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if not p.is_dir() and p.relative_to(run_dir) != Path(LOCK_NAME)
+    )
 
 
 def prepare_run_dir(cfg: TrainConfig, run_dir: Path, resuming: bool, create: bool = True) -> None:
@@ -225,13 +265,17 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: Path, resuming: bool, create: boo
     """
     if not resuming and not cfg.exist_ok:
         if (run_dir / "weights" / "last.pt").exists():
-            raise ConfigError(f"name: run dir {run_dir} already holds a run; pass resume=true to continue it, "
-                              f"exist_ok=true to overwrite it, or another name=")
+            raise ConfigError(
+                f"name: run dir {run_dir} already holds a run; pass resume=true to continue it, "
+                f"exist_ok=true to overwrite it, or another name="
+            )
         found = _run_contents(run_dir)
         if found:
             shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-            raise ConfigError(f"name: run dir {run_dir} is not empty ({shown}) and has no weights/last.pt to "
-                              f"resume; pass exist_ok=true to overwrite it, or another name=")
+            raise ConfigError(
+                f"name: run dir {run_dir} is not empty ({shown}) and has no weights/last.pt to "
+                f"resume; pass exist_ok=true to overwrite it, or another name="
+            )
     if not create:
         return
     try:

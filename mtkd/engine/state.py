@@ -66,8 +66,13 @@ def training_checkpoint(t: Trainer, *, epoch: int, step: int, best: bool = False
             eval_pending=t.eval_pending,
             elapsed=t.elapsed(),
         )
-    return checkpoint_dict(deploy, config=t.cfg.to_dict(), metrics=t.metrics, train=train,
-                           names={"det": t.spec.det_names, "seg": t.spec.seg_names})
+    return checkpoint_dict(
+        deploy,
+        config=t.cfg.to_dict(),
+        metrics=t.metrics,
+        train=train,
+        names={"det": t.spec.det_names, "seg": t.spec.seg_names},
+    )
 
 
 def write_checkpoint(t: Trainer, path: Path, *, epoch: int, step: int = 0, best: bool = False) -> None:

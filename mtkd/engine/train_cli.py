@@ -26,8 +26,11 @@ Ctrl-C saves a resumable weights/last.pt (exit code 130); continue with resume=t
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="mtkd train", description="Train a multi-task student, plain or distilled from a teacher.",
-        epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="mtkd train",
+        description="Train a multi-task student, plain or distilled from a teacher.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("config", help="experiment YAML (e.g. configs/shapes_distill.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args(argv)

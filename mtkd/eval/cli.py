@@ -28,21 +28,30 @@ DEFAULT_IMGSZ = 640
 def _parser() -> argparse.ArgumentParser:
     from mtkd.models.trust import add_trust_code_argument
 
-    p = argparse.ArgumentParser(prog="mtkd eval", description="Evaluate mAP, mIoU, speed and size of a checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="mtkd eval", description="Evaluate mAP, mIoU, speed and size of a checkpoint."
+    )
     p.add_argument("--weights", required=True, help="mtkd checkpoint (.pt)")
     p.add_argument("--data", help="dataset YAML (default: the one recorded in the checkpoint config)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     p.add_argument("--imgsz", type=int, help=f"input size (default: checkpoint config, else {DEFAULT_IMGSZ})")
-    p.add_argument("--batch", type=int, default=8, help="batch size for evaluation and throughput (default: 8)")
+    p.add_argument(
+        "--batch", type=int, default=8, help="batch size for evaluation and throughput (default: 8)"
+    )
     p.add_argument("--workers", type=int, default=2, help="data loader workers (default: 2)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ... (default: cpu)")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold before NMS (default: 0.001)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default: 0.6)")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image (default: 300)")
     p.add_argument("--out", help="write the metrics JSON here")
-    p.add_argument("--save-predictions", metavar="DIR",
-                   help="write DIR/predictions.json, DIR/ground_truth.json (COCO) and DIR/samples/*.png")
-    p.add_argument("--samples", type=int, default=4, help="sample overlays with --save-predictions (default: 4)")
+    p.add_argument(
+        "--save-predictions",
+        metavar="DIR",
+        help="write DIR/predictions.json, DIR/ground_truth.json (COCO) and DIR/samples/*.png",
+    )
+    p.add_argument(
+        "--samples", type=int, default=4, help="sample overlays with --save-predictions (default: 4)"
+    )
     p.add_argument("--no-speed", action="store_true", help="skip latency/throughput measurement")
     p.add_argument("--speed-iters", type=int, default=30, help="timed passes for latency (default: 30)")
     p.add_argument("--name", help="model name in the JSON/report (default: from the run or file name)")
@@ -67,7 +76,9 @@ def _data_yaml(arg: str | None, config: dict[str, Any], weights: Path) -> Path:
     if not data:
         raise ConfigError(f"{weights}: the checkpoint records no data YAML; pass --data DATA_YAML")
     if not Path(data).is_file():
-        raise ConfigError(f"{weights}: recorded data YAML {data!r} not found from here; pass --data DATA_YAML")
+        raise ConfigError(
+            f"{weights}: recorded data YAML {data!r} not found from here; pass --data DATA_YAML"
+        )
     return Path(data)
 
 
@@ -91,7 +102,9 @@ def format_table(m: dict[str, Any]) -> str:
     if model.get("size_mb") is not None:
         rows.append(("size (MiB)", f"{model['size_mb']:.2f}"))
     data = m.get("data", {})
-    rows.append(("data", f"{data.get('yaml', '?')} [{data.get('split', '?')}], {data.get('images', '?')} images"))
+    rows.append(
+        ("data", f"{data.get('yaml', '?')} [{data.get('split', '?')}], {data.get('images', '?')} images")
+    )
     det, seg, speed = m.get("det"), m.get("seg"), m.get("speed")
     if det:
         for k in ("mAP50_95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR100"):
@@ -101,15 +114,23 @@ def format_table(m: dict[str, Any]) -> str:
             rows.append((f"seg {k} (%)", _fmt(seg.get(k))))
     if speed:
         rows.append(("device / threads", f"{speed.get('device')} / {speed.get('threads')}"))
-        rows.append(("latency p50 / p90 (ms)",
-                     f"{_fmt(speed.get('latency_ms_p50'), False)} / {_fmt(speed.get('latency_ms_p90'), False)}"
-                     f" (batch 1, {speed.get('imgsz')} px)"))
+        rows.append(
+            (
+                "latency p50 / p90 (ms)",
+                f"{_fmt(speed.get('latency_ms_p50'), False)} / {_fmt(speed.get('latency_ms_p90'), False)}"
+                f" (batch 1, {speed.get('imgsz')} px)",
+            )
+        )
         if "throughput_ips" in speed:
-            rows.append(("throughput (img/s)", f"{speed['throughput_ips']:.1f} (batch {speed['throughput_batch']})"))
+            rows.append(
+                ("throughput (img/s)", f"{speed['throughput_ips']:.1f} (batch {speed['throughput_batch']})")
+            )
     w = max(len(k) for k, _ in rows)
     lines = [f"{k:<{w}}  {v}" for k, v in rows]
-    for title, per in (("AP50-95 per class (%)", (det or {}).get("per_class_AP50_95")),
-                       ("IoU per class (%)", (seg or {}).get("per_class_IoU"))):
+    for title, per in (
+        ("AP50-95 per class (%)", (det or {}).get("per_class_AP50_95")),
+        ("IoU per class (%)", (seg or {}).get("per_class_IoU")),
+    ):
         if per:
             lines.append(f"{title}: " + ", ".join(f"{n} {_fmt(v)}" for n, v in per.items()))
     if seg and seg.get("absent_classes"):
@@ -149,8 +170,12 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from mtkd.models import load_model
     from mtkd.models.trust import trust_from_args
 
-    for flag, v, lo in (("--batch", args.batch, 1), ("--workers", args.workers, 0), ("--samples", args.samples, 0),
-                        ("--speed-iters", args.speed_iters, 1)):
+    for flag, v, lo in (
+        ("--batch", args.batch, 1),
+        ("--workers", args.workers, 0),
+        ("--samples", args.samples, 0),
+        ("--speed-iters", args.speed_iters, 1),
+    ):
         if v < lo:
             raise ConfigError(f"{flag}: expected an integer >= {lo}, got {v}")
     if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1:
@@ -168,11 +193,21 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     spec = load_data_yaml(data_yaml)
     imgsz = args.imgsz or int(config.get("imgsz") or DEFAULT_IMGSZ)
     model = load_model(ckpt, trust_code=trust_from_args(args.trust_code), where=str(weights))
-    loader = build_dataloader(spec, args.split, imgsz=imgsz, batch=args.batch, workers=args.workers,
-                              augment=False, shuffle=False)
-    metrics = evaluate_model(model, loader, spec=spec, device=device, conf=args.conf, iou=args.iou,
-                             max_det=args.max_det, save_predictions=args.save_predictions,
-                             progress=not args.quiet, n_samples=args.samples)
+    loader = build_dataloader(
+        spec, args.split, imgsz=imgsz, batch=args.batch, workers=args.workers, augment=False, shuffle=False
+    )
+    metrics = evaluate_model(
+        model,
+        loader,
+        spec=spec,
+        device=device,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        save_predictions=args.save_predictions,
+        progress=not args.quiet,
+        n_samples=args.samples,
+    )
     model_info: dict[str, Any] = {
         "name": args.name or _model_name(weights, config),
         "weights": str(weights.resolve()),
@@ -188,13 +223,20 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     out.update({k: v for k, v in metrics.items() if k != "data"})
     if not args.no_speed:
         speed = measure_latency(model, imgsz, device=device, batch=1, iters=args.speed_iters)
-        speed.update(measure_throughput(model, imgsz, device=device, batch=args.batch,
-                                        iters=max(1, args.speed_iters // 3)))
+        speed.update(
+            measure_throughput(
+                model, imgsz, device=device, batch=args.batch, iters=max(1, args.speed_iters // 3)
+            )
+        )
         out["speed"] = speed
     out["data"] = {"yaml": str(data_yaml.resolve()), **metrics["data"], "split": args.split, "imgsz": imgsz}
-    out["eval"] = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det,
-                   "det_metric": "COCO bbox mAP (pycocotools definitions: 101-point, IoU .50:.05:.95, maxDets 100)",
-                   "seg_metric": "dataset-level mIoU, ignore_index excluded, absent classes left out"}
+    out["eval"] = {
+        "conf": args.conf,
+        "iou": args.iou,
+        "max_det": args.max_det,
+        "det_metric": "COCO bbox mAP (pycocotools definitions: 101-point, IoU .50:.05:.95, maxDets 100)",
+        "seg_metric": "dataset-level mIoU, ignore_index excluded, absent classes left out",
+    }
     if args.save_predictions:
         pred_dir = Path(args.save_predictions).resolve()
         base = Path(args.out).resolve().parent if args.out else Path.cwd()

@@ -43,7 +43,9 @@ from mtkd.utils.atomic import atomic_write, describe_os_error, ensure_parent, wr
 
 DEFAULT_IMGSZ = 640
 DEFAULT_OPSET = 17
-MIN_OPSET = 11  # 7-8: the seg head's resize cannot be exported; 9-10: Upsample may not match PyTorch (torch warns)
+MIN_OPSET = (
+    11  # 7-8: the seg head's resize cannot be exported; 9-10: Upsample may not match PyTorch (torch warns)
+)
 MAX_OPSET = 20  # torch 2.14: torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
 
 
@@ -54,8 +56,10 @@ def _check_imgsz(imgsz: int) -> None:
 
 def _check_opset(opset: int, name: str = "opset") -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"{name}: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET} (the range mtkd models "
-                          f"export with torch's TorchScript exporter), got {opset}")
+        raise ConfigError(
+            f"{name}: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET} (the range mtkd models "
+            f"export with torch's TorchScript exporter), got {opset}"
+        )
 
 
 def card_path(out: str | Path) -> Path:
@@ -109,8 +113,9 @@ def _write_onnx_and_card(out: Path, onnx_bytes: bytes, card: dict[str, Any]) -> 
             raise
         cause = e.__context__ if isinstance(e.__context__, OSError) else None
         reason = describe_os_error(cause) if cause is not None else str(e)
-        raise OutputError(f"{out}: ONNX model written, but its model card could not be written ({reason}); "
-                          f"{fate}") from None
+        raise OutputError(
+            f"{out}: ONNX model written, but its model card could not be written ({reason}); {fate}"
+        ) from None
 
 
 def export_onnx(
@@ -284,8 +289,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"input size (default: the checkpoint's config imgsz, else {DEFAULT_IMGSZ})",
     )
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})",
+    )
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
     p.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch; report latencies")
     p.add_argument("--batch", type=int, default=2, help="batch size for --verify (default 2)")

@@ -45,7 +45,9 @@ class DetOutput:
     reg_max: int | None = None
 
     @classmethod
-    def from_anchor_levels(cls, levels: list[Tensor], *, strides: tuple[int, ...], anchors: Tensor) -> DetOutput:
+    def from_anchor_levels(
+        cls, levels: list[Tensor], *, strides: tuple[int, ...], anchors: Tensor
+    ) -> DetOutput:
         """Anchor (YOLOv5/YOLOP) head: per level ``[B, na, H_l, W_l, 5 + nc]`` → flat view in level, anchor, y, x
         order; ``anchors [nl, na, 2]`` pixels."""
         flat = torch.cat([t.flatten(1, 3) for t in levels], dim=1)  # [B, A, 5 + nc]

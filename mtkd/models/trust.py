@@ -60,7 +60,11 @@ def require_trusted(target: str, trust_code: TrustCode | None, where: str) -> No
 def arch_targets(arch: Any) -> list[str]:
     """Every import path a (possibly nested, e.g. composite) arch names through a ``generic`` member."""
     if isinstance(arch, Mapping):
-        own = [arch["target"]] if arch.get("adapter") == "generic" and isinstance(arch.get("target"), str) else []
+        own = (
+            [arch["target"]]
+            if arch.get("adapter") == "generic" and isinstance(arch.get("target"), str)
+            else []
+        )
         return own + [t for v in arch.values() for t in arch_targets(v)]
     if isinstance(arch, (list, tuple)):
         return [t for v in arch for t in arch_targets(v)]

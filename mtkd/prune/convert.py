@@ -157,7 +157,9 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def _load_base(path: Path, base: str | os.PathLike | None, what: str, trust_code: TrustCode) -> MultiTaskAdapter:
+def _load_base(
+    path: Path, base: str | os.PathLike | None, what: str, trust_code: TrustCode
+) -> MultiTaskAdapter:
     if base is None:
         raise ConfigError(
             f"{path}: {what} carries no architecture; pass --base SAFE_CKPT (an mtkd checkpoint of the "
@@ -179,7 +181,10 @@ def _from_state_dict(
 
 
 def _from_tp_state_dict(
-    path: Path, obj: Mapping[str, Any], base: str | os.PathLike | None, arch: str | None,
+    path: Path,
+    obj: Mapping[str, Any],
+    base: str | os.PathLike | None,
+    arch: str | None,
     trust_code: TrustCode = False,
 ) -> MultiTaskAdapter:
     """``tp.load_state_dict`` onto the base model, skipping read-only attributes (properties such as
@@ -194,7 +199,10 @@ def _from_tp_state_dict(
         model = build_model(arch, nc_det=1, nc_seg=1)
     else:
         model = _load_base(
-            path, base, "a Torch-Pruning tp.state_dict file (pass --base SAFE_CKPT or --arch NAME)", trust_code
+            path,
+            base,
+            "a Torch-Pruning tp.state_dict file (pass --base SAFE_CKPT or --arch NAME)",
+            trust_code,
         )
     full, attrs = obj["full_state_dict"], obj.get("attributions") or {}
     for name, module in model.named_modules():  # lazy: after the root update it walks the pruned children
@@ -238,7 +246,11 @@ def _wrap_ultralytics(path: Path, module: nn.Module) -> MultiTaskAdapter:
 
 
 def find_model(
-    obj: Any, path: Path, *, base: str | os.PathLike | None = None, arch: str | None = None,
+    obj: Any,
+    path: Path,
+    *,
+    base: str | os.PathLike | None = None,
+    arch: str | None = None,
     trust_code: TrustCode = False,
 ) -> MultiTaskAdapter:
     """The adapter inside an unpickled object (see the module docstring for the layouts recognised).

@@ -81,9 +81,12 @@ def _cell_html(text: str) -> str:
 
 def to_html(doc: Document) -> str:
     """Self-contained HTML (inline CSS, base64 PNGs, no scripts, no links)."""
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>{html.escape(doc.title)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(doc.title)}</h1>",
+    ]
     for b in doc.blocks:
         kind = b[0]
         if kind == "h":
@@ -101,7 +104,9 @@ def to_html(doc: Document) -> str:
             for im in b[1]:
                 data = base64.b64encode(im.png).decode("ascii")
                 cap = f"<figcaption>{html.escape(im.caption)}</figcaption>" if im.caption else ""
-                figs.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(im.caption or im.name)}">{cap}</figure>')
+                figs.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(im.caption or im.name)}">{cap}</figure>'
+                )
             out.append('<div class="row">' + "".join(figs) + "</div>")
     out.append("</body></html>")
     return "\n".join(out)

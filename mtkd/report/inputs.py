@@ -43,8 +43,10 @@ def read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: not an mtkd metrics JSON (expected an object as written by mtkd eval --out, "
-                          f"got a {_json_type(data)})")
+        raise ConfigError(
+            f"{path}: not an mtkd metrics JSON (expected an object as written by mtkd eval --out, "
+            f"got a {_json_type(data)})"
+        )
     check_metrics(data, path)
     return data
 
@@ -66,7 +68,8 @@ PER_CLASS = {"det": ("per_class_AP50_95", "per_class_AP50"), "seg": ("per_class_
 
 def _json_type(v: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(v), "number" if isinstance(v, (int, float)) else type(v).__name__)
+        type(v), "number" if isinstance(v, (int, float)) else type(v).__name__
+    )
 
 
 def _shown(v: Any) -> str:
@@ -87,8 +90,10 @@ def check_metrics(m: dict[str, Any], path: Path | str) -> None:
     """
     if not any(k in m for k in RESULT_SECTIONS):
         keys = ", ".join(map(repr, list(m)[:5])) + (", ..." if len(m) > 5 else "") or "none"
-        raise ConfigError(f"{path}: not an mtkd metrics JSON (expected 'det', 'seg' and/or 'speed' results as "
-                          f"written by mtkd eval --out; found keys: {keys})")
+        raise ConfigError(
+            f"{path}: not an mtkd metrics JSON (expected 'det', 'seg' and/or 'speed' results as "
+            f"written by mtkd eval --out; found keys: {keys})"
+        )
     for sec in SECTIONS:
         v = m.get(sec)
         if v is not None and not isinstance(v, dict):
@@ -104,23 +109,35 @@ def check_metrics(m: dict[str, Any], path: Path | str) -> None:
             if per is None:
                 continue
             if not isinstance(per, dict):
-                raise ConfigError(f"{path}: field '{sec}.{k}': expected an object of class name -> number, "
-                                  f"got {_shown(per)}")
+                raise ConfigError(
+                    f"{path}: field '{sec}.{k}': expected an object of class name -> number, "
+                    f"got {_shown(per)}"
+                )
             for name, v in per.items():
                 if v is not None and not _is_number(v):
-                    raise ConfigError(f"{path}: field '{sec}.{k}.{name}': expected a number or null, got {_shown(v)}")
+                    raise ConfigError(
+                        f"{path}: field '{sec}.{k}.{name}': expected a number or null, got {_shown(v)}"
+                    )
     seg = m.get("seg") or {}
     cm = seg.get("confusion_matrix")
-    if cm is not None and not (isinstance(cm, list) and all(
-            isinstance(r, list) and len(r) == len(cm) and all(_is_number(x) for x in r) for r in cm)):
-        raise ConfigError(f"{path}: field 'seg.confusion_matrix': expected a square list of rows of numbers, "
-                          f"got {_shown(cm)}")
+    if cm is not None and not (
+        isinstance(cm, list)
+        and all(isinstance(r, list) and len(r) == len(cm) and all(_is_number(x) for x in r) for r in cm)
+    ):
+        raise ConfigError(
+            f"{path}: field 'seg.confusion_matrix': expected a square list of rows of numbers, "
+            f"got {_shown(cm)}"
+        )
     absent = seg.get("absent_classes")
     if absent is not None and not (isinstance(absent, list) and all(isinstance(a, str) for a in absent)):
-        raise ConfigError(f"{path}: field 'seg.absent_classes': expected a list of class names, got {_shown(absent)}")
+        raise ConfigError(
+            f"{path}: field 'seg.absent_classes': expected a list of class names, got {_shown(absent)}"
+        )
     pred = (m.get("artifacts") or {}).get("predictions_dir")
     if pred is not None and not isinstance(pred, str):
-        raise ConfigError(f"{path}: field 'artifacts.predictions_dir': expected a folder path, got {_shown(pred)}")
+        raise ConfigError(
+            f"{path}: field 'artifacts.predictions_dir': expected a folder path, got {_shown(pred)}"
+        )
     weights = (m.get("model") or {}).get("weights")
     if weights is not None and not isinstance(weights, str):
         raise ConfigError(f"{path}: field 'model.weights': expected a file path, got {_shown(weights)}")

@@ -91,8 +91,11 @@ def fmt_cell(v: float | None, base: float | None, kind: str, is_baseline: bool) 
 
 
 def _per_class(entries: list[ReportEntry], task: str, key: str) -> dict[str, dict[str, float | None]]:
-    return {e.name: dict((e.metrics.get(task) or {}).get(key) or {}) for e in entries
-            if (e.metrics.get(task) or {}).get(key)}
+    return {
+        e.name: dict((e.metrics.get(task) or {}).get(key) or {})
+        for e in entries
+        if (e.metrics.get(task) or {}).get(key)
+    }
 
 
 def _per_class_table(doc: Document, values: dict[str, dict[str, float | None]]) -> None:
@@ -101,8 +104,10 @@ def _per_class_table(doc: Document, values: dict[str, dict[str, float | None]]) 
     for per in values.values():
         classes += [c for c in per if c not in classes]
     base = values[models[0]]
-    rows = [[c] + [fmt_cell(values[m].get(c), base.get(c), "pct", j == 0) for j, m in enumerate(models)]
-            for c in classes]
+    rows = [
+        [c] + [fmt_cell(values[m].get(c), base.get(c), "pct", j == 0) for j, m in enumerate(models)]
+        for c in classes
+    ]
     doc.table(["class"] + models, rows)
 
 
@@ -125,7 +130,9 @@ def _model_bullets(e: ReportEntry) -> str:
             parts.append("distillation " + ", ".join(f"{k}={v}" for k, v in kd.items()))
     d = e.metrics.get("data") or {}
     if d:
-        parts.append(f"evaluated on `{d.get('yaml', '?')}` split {d.get('split', '?')} ({d.get('images', '?')} images)")
+        parts.append(
+            f"evaluated on `{d.get('yaml', '?')}` split {d.get('split', '?')} ({d.get('images', '?')} images)"
+        )
     return "; ".join(parts)
 
 
@@ -138,9 +145,11 @@ def _curve_groups(entries: list[ReportEntry]) -> dict[str, list[str]]:
     cols: list[str] = []
     for e in entries:
         cols += [c for c in e.curves if c not in cols and not _COUNTS.search(c)]
-    groups = {"Losses per term": [c for c in cols if _LOSS.search(c)],
-              "Metrics": [c for c in cols if not _LOSS.search(c) and not _OTHER.search(c)],
-              "Learning rate and time": [c for c in cols if not _LOSS.search(c) and _OTHER.search(c)]}
+    groups = {
+        "Losses per term": [c for c in cols if _LOSS.search(c)],
+        "Metrics": [c for c in cols if not _LOSS.search(c) and not _OTHER.search(c)],
+        "Learning rate and time": [c for c in cols if not _LOSS.search(c) and _OTHER.search(c)],
+    }
     return {k: v for k, v in groups.items() if v}
 
 
@@ -152,10 +161,17 @@ def _sample_rows(entries: list[ReportEntry], max_samples: int) -> list[list[Imag
     stems = [s for s in stems if all((e.samples_dir / f"{s}.png").is_file() for e in with_samples)]
     rows = []
     for k, s in enumerate(stems[:max_samples]):
-        row = [Image(f"sample{k}_gt.png", (with_samples[0].samples_dir / f"{s}_gt.png").read_bytes(),
-                     f"{s}: ground truth")]
-        row += [Image(f"sample{k}_m{j}.png", (e.samples_dir / f"{s}.png").read_bytes(), f"{s}: {e.name}")
-                for j, e in enumerate(with_samples)]
+        row = [
+            Image(
+                f"sample{k}_gt.png",
+                (with_samples[0].samples_dir / f"{s}_gt.png").read_bytes(),
+                f"{s}: ground truth",
+            )
+        ]
+        row += [
+            Image(f"sample{k}_m{j}.png", (e.samples_dir / f"{s}.png").read_bytes(), f"{s}: {e.name}")
+            for j, e in enumerate(with_samples)
+        ]
         rows.append(row)
     return rows
 
@@ -168,23 +184,39 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
     doc.para(f"Baseline for every delta: **{base.name}**.")
     doc.bullets([_model_bullets(e) for e in entries])
     doc.heading("Data")
-    data = {(str(d.get("yaml")), str(d.get("split")), str(d.get("images")))
-            for e in entries if (d := e.metrics.get("data"))}
-    doc.bullets([f"`{y}`, split {s}, {n} images" for y, s, n in sorted(data)] or ["no evaluation data recorded"])
+    data = {
+        (str(d.get("yaml")), str(d.get("split")), str(d.get("images")))
+        for e in entries
+        if (d := e.metrics.get("data"))
+    }
+    doc.bullets(
+        [f"`{y}`, split {s}, {n} images" for y, s, n in sorted(data)] or ["no evaluation data recorded"]
+    )
     if len(data) > 1:
         doc.para("**Warning**: the models were evaluated on different data; deltas are not comparable.")
     doc.heading("Summary")
     rows = []
     for j, e in enumerate(entries):
-        rows.append([e.name] + [fmt_cell(get(e.metrics), get(base.metrics), kind, j == 0) for _, get, kind in SUMMARY])
+        rows.append(
+            [e.name] + [fmt_cell(get(e.metrics), get(base.metrics), kind, j == 0) for _, get, kind in SUMMARY]
+        )
     doc.table(["model"] + [c for c, _, _ in SUMMARY], rows)
     speeds = [(e.name, e.metrics["speed"]) for e in entries if e.metrics.get("speed")]
     if speeds:
-        doc.para("Speed measured on: " + "; ".join(
-            f"{n}: {s.get('device')}, {s.get('threads')} threads, {s.get('imgsz')} px, p90 "
-            f"{fmt_value(s.get('latency_ms_p90'), 'num')} ms"
-            + (f", {s['throughput_ips']:.1f} img/s at batch {s.get('throughput_batch')}" if s.get("throughput_ips") else "")
-            for n, s in speeds) + ".")
+        doc.para(
+            "Speed measured on: "
+            + "; ".join(
+                f"{n}: {s.get('device')}, {s.get('threads')} threads, {s.get('imgsz')} px, p90 "
+                f"{fmt_value(s.get('latency_ms_p90'), 'num')} ms"
+                + (
+                    f", {s['throughput_ips']:.1f} img/s at batch {s.get('throughput_batch')}"
+                    if s.get("throughput_ips")
+                    else ""
+                )
+                for n, s in speeds
+            )
+            + "."
+        )
     detail = []
     for label, sec, key, kind in DETAIL:
         vals = [(e.metrics.get(sec) or {}).get(key) for e in entries]
@@ -204,11 +236,17 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
             _per_class_table(doc, values)
             doc.image(Image(fname, plots.per_class_bars(values, title=head, ylabel=ylabel), head))
             if task == "seg":
-                absent = [f"{e.name}: {', '.join(a)}" for e in entries
-                          if (a := (e.metrics.get("seg") or {}).get("absent_classes"))]
+                absent = [
+                    f"{e.name}: {', '.join(a)}"
+                    for e in entries
+                    if (a := (e.metrics.get("seg") or {}).get("absent_classes"))
+                ]
                 if absent:
-                    doc.para("Absent from both ground truth and predictions (left out of mIoU): "
-                             + "; ".join(absent) + ".")
+                    doc.para(
+                        "Absent from both ground truth and predictions (left out of mIoU): "
+                        + "; ".join(absent)
+                        + "."
+                    )
     runs = [e for e in entries if e.curves]
     if runs:
         doc.heading("Training curves")
@@ -226,13 +264,20 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
             names = list(seg.get("per_class_IoU") or (e.metrics.get("model") or {}).get("seg_names") or [])
             if len(names) != len(seg["confusion_matrix"]):
                 names = [str(i) for i in range(len(seg["confusion_matrix"]))]
-            imgs.append(Image(f"confusion{j}.png", plots.confusion_matrix(seg["confusion_matrix"], names,
-                                                                           title=e.name), e.name))
+            imgs.append(
+                Image(
+                    f"confusion{j}.png",
+                    plots.confusion_matrix(seg["confusion_matrix"], names, title=e.name),
+                    e.name,
+                )
+            )
         doc.image_row(imgs)
     samples = _sample_rows(entries, max_samples)
     if samples:
         doc.heading("Sample predictions")
-        doc.para("Ground truth, then each model (boxes with score >= 0.25, mask overlay), original resolution.")
+        doc.para(
+            "Ground truth, then each model (boxes with score >= 0.25, mask overlay), original resolution."
+        )
         for row in samples:
             doc.image_row(row)
     doc.heading("Metric definitions")
@@ -240,8 +285,9 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
     return doc
 
 
-def write_report(entries: list[ReportEntry], out_dir: str | Path, *, title: str = "mtkd report",
-                 max_samples: int = 4) -> tuple[Path, Path]:
+def write_report(
+    entries: list[ReportEntry], out_dir: str | Path, *, title: str = "mtkd report", max_samples: int = 4
+) -> tuple[Path, Path]:
     """Write ``out_dir/report.md`` (+ PNGs) and ``out_dir/report.html``; returns both paths.
 
     Every file is written atomically (``mtkd.utils.atomic``): a failed write raises ``OutputError`` naming the
@@ -261,13 +307,18 @@ def write_report(entries: list[ReportEntry], out_dir: str | Path, *, title: str 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mtkd report", description="HTML + Markdown report comparing models "
-                                "(first input = baseline).")
-    p.add_argument("inputs", nargs="+", metavar="METRICS_OR_RUN", help="metrics JSON files and/or run directories")
+    p = argparse.ArgumentParser(
+        prog="mtkd report", description="HTML + Markdown report comparing models (first input = baseline)."
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="METRICS_OR_RUN", help="metrics JSON files and/or run directories"
+    )
     p.add_argument("--out", required=True, help="output folder (report.md, report.html, PNGs)")
     p.add_argument("--title", default="mtkd report")
     p.add_argument("--max-samples", type=int, default=4, help="sample images shown (default: 4)")
     args = p.parse_args(argv)
-    md, html = write_report(load_entries(args.inputs), args.out, title=args.title, max_samples=args.max_samples)
+    md, html = write_report(
+        load_entries(args.inputs), args.out, title=args.title, max_samples=args.max_samples
+    )
     print(f"report written to {html} and {md}")
     return 0

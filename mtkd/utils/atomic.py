@@ -51,12 +51,16 @@ def ensure_parent(path: str | os.PathLike, what: str = "output") -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{path.parent}: cannot create the {what} folder ({describe_os_error(e)})") from None
+        raise OutputError(
+            f"{path.parent}: cannot create the {what} folder ({describe_os_error(e)})"
+        ) from None
     return path
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", *, what: str = "output", **open_kw: Any) -> Iterator[IO]:
+def atomic_write(
+    path: str | os.PathLike, mode: str = "wb", *, what: str = "output", **open_kw: Any
+) -> Iterator[IO]:
     """``with atomic_write(path, "w") as f: f.write(...)``: ``path`` is replaced only when the block succeeds.
 
     Args:
@@ -88,8 +92,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, what: str = "outp
         raise
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the {what} ({describe_os_error(e)}); the previous file, if any, "
-                          f"is unchanged") from None
+        raise OutputError(
+            f"{path}: cannot write the {what} ({describe_os_error(e)}); the previous file, if any, "
+            f"is unchanged"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -114,8 +114,12 @@ def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: 
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids, output_device=ids[0] if ids else None,
-               find_unused_parameters=find_unused_parameters)
+    return DDP(
+        model,
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
+        find_unused_parameters=find_unused_parameters,
+    )
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -18,5 +18,15 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture
 def base_overrides(tiny_data, tmp_path) -> list[str]:
     """Fast settings: yolo_mt_n at 64 px, no workers, TensorBoard off, evaluation only at the last epoch."""
-    return [f"data={tiny_data}", "model=yolo_mt_n", "imgsz=64", "batch=2", "workers=0", "device=cpu",
-            f"project={tmp_path / 'runs'}", "eval_every=1000", "tensorboard=false", "seed=3"]
+    return [
+        f"data={tiny_data}",
+        "model=yolo_mt_n",
+        "imgsz=64",
+        "batch=2",
+        "workers=0",
+        "device=cpu",
+        f"project={tmp_path / 'runs'}",
+        "eval_every=1000",
+        "tensorboard=false",
+        "seed=3",
+    ]

@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("epoch=2", "unknown config key 'epoch' (did you mean 'epochs'?)"),
-     ("ratio_det=-1", "ratio_det: -1.0 is outside the allowed range [0.0, inf)")],
+    [
+        ("epoch=2", "unknown config key 'epoch' (did you mean 'epochs'?)"),
+        ("ratio_det=-1", "ratio_det: -1.0 is outside the allowed range [0.0, inf)"),
+    ],
 )
 def test_cli_config_errors_are_one_line(override, message, capsys):
     assert run_command("train", [str(ROOT / "configs" / "shapes_student.yaml"), override]) == 2
@@ -28,19 +30,47 @@ def test_cli_config_errors_are_one_line(override, message, capsys):
 
 
 def test_cli_missing_data_fails_cleanly(tmp_path, capsys):
-    code = run_command("train", [str(ROOT / "configs" / "shapes_student.yaml"), f"data={tmp_path / 'nope.yaml'}",
-                                 f"project={tmp_path}"])
+    code = run_command(
+        "train",
+        [
+            str(ROOT / "configs" / "shapes_student.yaml"),
+            f"data={tmp_path / 'nope.yaml'}",
+            f"project={tmp_path}",
+        ],
+    )
     assert code == 2 and "nope.yaml" in capsys.readouterr().err
 
 
 def test_ddp_two_process_gloo(tiny_data, tmp_path):
     """torchrun --nproc_per_node 2: both ranks train (1 sample each per step), rank 0 writes the run dir."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1",
-           "YOLO_CONFIG_DIR": str(tmp_path / "ul")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tools" / "train.py"), str(ROOT / "configs" / "shapes_student.yaml"),
-           f"data={tiny_data}", "model=yolo_mt_n", "imgsz=64", "epochs=2", "batch=4", "workers=0",
-           "device=cpu", f"project={tmp_path}", "name=ddp", "tensorboard=false", "eval_every=2"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "YOLO_OFFLINE": "1",
+        "YOLO_CONFIG_DIR": str(tmp_path / "ul"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tools" / "train.py"),
+        str(ROOT / "configs" / "shapes_student.yaml"),
+        f"data={tiny_data}",
+        "model=yolo_mt_n",
+        "imgsz=64",
+        "epochs=2",
+        "batch=4",
+        "workers=0",
+        "device=cpu",
+        f"project={tmp_path}",
+        "name=ddp",
+        "tensorboard=false",
+        "eval_every=2",
+    ]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "ddp"
@@ -63,21 +93,52 @@ def test_ddp_two_process_gloo_distill(tiny_data, tmp_path):
     from mtkd.models import build_model
 
     spec = load_data_yaml(tiny_data)
-    teacher = save_model(tmp_path / "teacher.pt", build_model("yolo_mt_s", det_names=spec.det_names,
-                                                                 seg_names=spec.seg_names))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1",
-           "YOLO_CONFIG_DIR": str(tmp_path / "ul")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tools" / "train.py"), str(ROOT / "configs" / "shapes_distill.yaml"), f"teacher={teacher}",
-           f"data={tiny_data}", "model=yolo_mt_n", "imgsz=64", "batch=4", "workers=0", "device=cpu",
-           f"project={tmp_path}", "name=ddp_kd", "tensorboard=false", "eval_every=2"]
+    teacher = save_model(
+        tmp_path / "teacher.pt", build_model("yolo_mt_s", det_names=spec.det_names, seg_names=spec.seg_names)
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "YOLO_OFFLINE": "1",
+        "YOLO_CONFIG_DIR": str(tmp_path / "ul"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tools" / "train.py"),
+        str(ROOT / "configs" / "shapes_distill.yaml"),
+        f"teacher={teacher}",
+        f"data={tiny_data}",
+        "model=yolo_mt_n",
+        "imgsz=64",
+        "batch=4",
+        "workers=0",
+        "device=cpu",
+        f"project={tmp_path}",
+        "name=ddp_kd",
+        "tensorboard=false",
+        "eval_every=2",
+    ]
     for epochs in ("epochs=1", "epochs=2"):
-        res = subprocess.run([*cmd, epochs] + (["resume=true"] if epochs == "epochs=2" else []), cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=420)
+        res = subprocess.run(
+            [*cmd, epochs] + (["resume=true"] if epochs == "epochs=2" else []),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "ddp_kd" / "weights" / "last.pt", weights_only=True)
     assert ckpt["train"]["world_size"] == 2 and ckpt["train"]["epoch"] == 2
-    assert ckpt["train"]["distill"] and all(k.startswith("feature.connectors.") for k in ckpt["train"]["distill"])
+    assert ckpt["train"]["distill"] and all(
+        k.startswith("feature.connectors.") for k in ckpt["train"]["distill"]
+    )
     assert all(not k.startswith(("module.", "student.", "teacher")) for k in ckpt["train"]["model"])
     with open(tmp_path / "ddp_kd" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))

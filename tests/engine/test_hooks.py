@@ -47,7 +47,9 @@ def recorded(monkeypatch):
     monkeypatch.setattr(state_mod, "save_checkpoint", save)
     monkeypatch.setattr(Evaluation, "evaluate", evaluate)
     monkeypatch.setattr(ResultsCSV, "replace", replace)
-    monkeypatch.setattr(hooks_mod.log, "info", lambda msg, *a, **k: events.append(("print", msg.split(":")[0])))
+    monkeypatch.setattr(
+        hooks_mod.log, "info", lambda msg, *a, **k: events.append(("print", msg.split(":")[0]))
+    )
     return events
 
 

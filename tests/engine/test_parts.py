@@ -82,5 +82,6 @@ def test_results_csv_extends_header_and_truncates(tmp_path):
     again = ResultsCSV(tmp_path / "results.csv")
     again.truncate(1)
     assert (tmp_path / "results.csv").read_text().splitlines() == ["epoch,loss", "1,1"]
-    assert flatten_metrics({"det": {"mAP50": 0.5, "per_class_AP50_95": {"a": 1.0}}, "seg": {"mIoU": 0.25}}) == {
-        "det/mAP50": 0.5, "seg/mIoU": 0.25}
+    assert flatten_metrics(
+        {"det": {"mAP50": 0.5, "per_class_AP50_95": {"a": 1.0}}, "seg": {"mIoU": 0.25}}
+    ) == {"det/mAP50": 0.5, "seg/mIoU": 0.25}

@@ -89,9 +89,14 @@ def _kill_on_save(monkeypatch, name: str, epoch: int, nth: int = 1):
     monkeypatch.setattr(state_mod, "save_checkpoint", save)
 
 
-@pytest.mark.parametrize(("name", "nth"), [("last.pt", 1), ("best.pt", 1), ("last.pt", 2)],
-                         ids=["after-last-before-eval", "after-best-before-last", "after-last-before-csv"])
-def test_kill_between_epoch_writes_resumes_to_the_same_run(two_epoch_ref, monkeypatch, capsys, cli, name, nth):
+@pytest.mark.parametrize(
+    ("name", "nth"),
+    [("last.pt", 1), ("best.pt", 1), ("last.pt", 2)],
+    ids=["after-last-before-eval", "after-best-before-last", "after-last-before-csv"],
+)
+def test_kill_between_epoch_writes_resumes_to_the_same_run(
+    two_epoch_ref, monkeypatch, capsys, cli, name, nth
+):
     """A kill at any point between last.pt, best.pt and results.csv: the resumed run has best.pt, every row of
     the finished epochs, and bitwise the weights of the uninterrupted run; "done" names only existing files."""
     common, ref = two_epoch_ref
@@ -105,7 +110,9 @@ def test_kill_between_epoch_writes_resumes_to_the_same_run(two_epoch_ref, monkey
     assert (cut / "weights" / "best.pt").is_file()
     assert _no_time(_rows(cut / "results.csv")) == _no_time(_rows(ref / "results.csv"))
     assert [r["epoch"] for r in _rows(cut / "results.csv")] == ["1", "2"]
-    assert _rows(cut / "results.csv")[0]["fitness"] != ""  # epoch 1's evaluation happened (on resume if needed)
+    assert (
+        _rows(cut / "results.csv")[0]["fitness"] != ""
+    )  # epoch 1's evaluation happened (on resume if needed)
     for f in ("last.pt", "best.pt"):
         _same_weights(ref / "weights" / f, cut / "weights" / f)
     st = load_checkpoint(cut / "weights" / "last.pt")["train"]
@@ -190,9 +197,13 @@ def test_second_run_into_the_same_folder_is_refused(base_overrides, capsys, cli)
 
 def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     run = tmp_path / "runs" / "x"
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from mtkd.engine.setup import RunLock; "
-            f"lock = RunLock.acquire({str(run)!r}); print('locked', flush=True); sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from mtkd.engine.setup import RunLock; "
+        f"lock = RunLock.acquire({str(run)!r}); print('locked', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match="in use by another training run"):
@@ -218,7 +229,9 @@ def test_folder_without_last_pt_is_refused_unless_exist_ok(base_overrides, tmp_p
     (run / "weights").mkdir(parents=True)
     for f in ("config.yaml", "results.csv", "weights/best.pt"):
         (run / f).write_text(f"old {f}")
-    with pytest.raises(ConfigError, match=r"run dir .*old is not empty \(config\.yaml, results\.csv, weights/best"):
+    with pytest.raises(
+        ConfigError, match=r"run dir .*old is not empty \(config\.yaml, results\.csv, weights/best"
+    ):
         _train([*base_overrides, "name=old", "epochs=1", "batch=4"])
     for f in ("config.yaml", "results.csv", "weights/best.pt"):
         assert (run / f).read_text() == f"old {f}"  # untouched
@@ -248,8 +261,12 @@ def test_name_outside_project_is_refused(base_overrides, tmp_path, capsys, cli, 
 def test_stale_temp_files_are_removed_on_the_next_start(base_overrides, capsys):
     over = [*base_overrides, "name=tmps", "batch=4"]
     run = _train([*over, "epochs=1"])
-    stale = [run / "weights" / ".last.pt.k9x2ab.tmp", run / "weights" / ".best.pt.zz.tmp",
-             run / ".results.csv.q1.tmp", run / ".config.yaml.q2.tmp"]
+    stale = [
+        run / "weights" / ".last.pt.k9x2ab.tmp",
+        run / "weights" / ".best.pt.zz.tmp",
+        run / ".results.csv.q1.tmp",
+        run / ".config.yaml.q2.tmp",
+    ]
     for p in stale:
         p.write_bytes(b"")
     _train([*over, "epochs=2", "resume=true"])
@@ -276,9 +293,14 @@ def test_disk_full_during_checkpoint_is_one_line_and_keeps_last_pt(base_override
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     blank = tmp_path / "blank.yaml"
     blank.write_text("seed: 3\n")
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), str(blank), *over, "epochs=2",
-                          "resume=true"],
-                         env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train.py"), str(blank), *over, "epochs=2", "resume=true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     err = [ln for ln in res.stderr.splitlines() if "error" in ln]
@@ -294,7 +316,9 @@ def test_results_csv_write_error_is_output_error(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "fsync", full)
-    with pytest.raises(OutputError, match=r"results\.csv: cannot write the results CSV \(no space left on device\)"):
+    with pytest.raises(
+        OutputError, match=r"results\.csv: cannot write the results CSV \(no space left on device\)"
+    ):
         ResultsCSV(tmp_path / "results.csv").append({"epoch": 1})
     assert list(tmp_path.iterdir()) == []
 
@@ -304,8 +328,18 @@ def test_results_csv_write_error_is_output_error(tmp_path, monkeypatch):
 def finished_run(tiny_data, tmp_path_factory):
     """A 1-epoch run (resumable to epochs=2) and its overrides."""
     tmp = tmp_path_factory.mktemp("malformed")
-    over = [f"data={tiny_data}", "model=yolo_mt_n", "imgsz=64", "batch=4", "workers=0", "device=cpu",
-            f"project={tmp / 'runs'}", "eval_every=1000", "tensorboard=false", "seed=3"]
+    over = [
+        f"data={tiny_data}",
+        "model=yolo_mt_n",
+        "imgsz=64",
+        "batch=4",
+        "workers=0",
+        "device=cpu",
+        f"project={tmp / 'runs'}",
+        "eval_every=1000",
+        "tensorboard=false",
+        "seed=3",
+    ]
     torch.set_num_threads(2)
     return over, _train([*over, "name=base", "epochs=1"])
 
@@ -332,7 +366,10 @@ MUTATIONS = {
     "optimizer-groups": (lambda t: t["optimizer"]["param_groups"].pop(), "train.optimizer"),
     "optimizer-group-size": (lambda t: t["optimizer"]["param_groups"][0]["params"].pop(), "train.optimizer"),
     "optimizer-state-shape": (lambda t: _bad_optimizer_state(t["optimizer"]), "train.optimizer"),
-    "optimizer-lr-type": (lambda t: t["optimizer"]["param_groups"][0].__setitem__("lr", "fast"), "train.optimizer"),
+    "optimizer-lr-type": (
+        lambda t: t["optimizer"]["param_groups"][0].__setitem__("lr", "fast"),
+        "train.optimizer",
+    ),
     "rng-wrong-type": (lambda t: t["rng"].__setitem__("torch", [1, 2, 3]), "train.rng"),
     "rng-not-dict": (lambda t: t.__setitem__("rng", "seed"), "train.rng"),
     "model-key-missing": (lambda t: t["model"].popitem(), "train.model"),
@@ -364,7 +401,9 @@ def test_malformed_train_state_is_one_line(finished_run, tmp_path, capsys, cli, 
     assert code == 2
     line = _one_line_error(capsys, str(path), field)
     assert "CheckpointError" not in line
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing the user had is lost
+    assert {
+        p: p.read_bytes() for p in run.rglob("*") if p.is_file()
+    } == before  # nothing the user had is lost
 
 
 def test_train_state_without_optimizer_is_refused(finished_run, tmp_path):
@@ -444,4 +483,3 @@ def test_permission_denied_is_one_line_also_as_root(base_overrides, tmp_path, ca
         assert cli([*base_overrides, "name=done", "epochs=2", "batch=4", "resume=true"]) == 2
     _one_line_error(capsys, "cannot write into the run folder (permission denied)", str(run))
     assert (run / "weights" / "last.pt").read_bytes() == before
-

@@ -28,15 +28,37 @@ def _train(overrides, hooks=()):
 
 
 def test_plain_run_writes_run_dir(base_overrides):
-    run = _train([*base_overrides, "name=plain", "epochs=1", "batch=4", "tensorboard=true", "optimizer=sgd",
-                  "amp=bf16"])
+    run = _train(
+        [
+            *base_overrides,
+            "name=plain",
+            "epochs=1",
+            "batch=4",
+            "tensorboard=true",
+            "optimizer=sgd",
+            "amp=bf16",
+        ]
+    )
     for f in ("config.yaml", "results.csv", "weights/last.pt", "weights/best.pt"):
         assert (run / f).is_file(), f
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
     # the saved config reloads to the same config
     saved = load_config(run / "config.yaml")
-    assert saved.to_dict() == load_config(None, [*base_overrides, "name=plain", "epochs=1", "batch=4",
-                                                 "tensorboard=true", "optimizer=sgd", "amp=bf16"]).to_dict()
+    assert (
+        saved.to_dict()
+        == load_config(
+            None,
+            [
+                *base_overrides,
+                "name=plain",
+                "epochs=1",
+                "batch=4",
+                "tensorboard=true",
+                "optimizer=sgd",
+                "amp=bf16",
+            ],
+        ).to_dict()
+    )
     # checkpoints load with weights_only=True (plain types only), the model rebuilds and runs
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(run / "weights" / name, weights_only=True)
@@ -49,8 +71,19 @@ def test_plain_run_writes_run_dir(base_overrides):
     out = load_model(last)(torch.zeros(1, 3, 64, 64))
     assert out.seg.shape[1] == 6
     (row,) = _rows(run / "results.csv")
-    for col in ("epoch", "loss", "seg_loss", "det_loss", "seg_kd", "det_kd", "feat_kd", "lr", "fitness",
-                "det/mAP50_95", "seg/mIoU"):
+    for col in (
+        "epoch",
+        "loss",
+        "seg_loss",
+        "det_loss",
+        "seg_kd",
+        "det_kd",
+        "feat_kd",
+        "lr",
+        "fitness",
+        "det/mAP50_95",
+        "seg/mIoU",
+    ):
         assert col in row, col
     assert float(row["seg_kd"]) == 0.0 and float(row["loss"]) > 0
     # a second run into the same dir is refused unless exist_ok/resume
@@ -241,17 +274,50 @@ def test_distill_logs_terms_and_kd_falls(base_overrides, tmp_path):
     teacher = build_model("yolo_mt_n", det_names=spec.det_names, seg_names=spec.seg_names)
     with torch.no_grad():  # an opinionated (if untrained) teacher: input-dependent seg logits (init: zeros)
         teacher.seg.cls.weight.normal_(0.0, 0.5)
-    tpath = save_checkpoint({"model": model_state(teacher), "names": {"det": spec.det_names, "seg": spec.seg_names},
-                             "config": {}}, tmp_path / "teacher.pt")
+    tpath = save_checkpoint(
+        {
+            "model": model_state(teacher),
+            "names": {"det": spec.det_names, "seg": spec.seg_names},
+            "config": {},
+        },
+        tmp_path / "teacher.pt",
+    )
     hook = _CheckTeacher()
-    run = _train([*base_overrides, "name=kd", f"teacher={tpath}", "epochs=4", "batch=4", "lr=0.002",
-                  "warmup_epochs=0", "augment=false", "alpha_seg=1.0", "alpha_det=1.0", "temperature=1",
-                  "distill.feat_kd.names=[p3,p4]",
-                  "distill.feat_kd.kind=fitnet", "distill.feat_kd.weight=0.1"], hooks=[hook])
+    run = _train(
+        [
+            *base_overrides,
+            "name=kd",
+            f"teacher={tpath}",
+            "epochs=4",
+            "batch=4",
+            "lr=0.002",
+            "warmup_epochs=0",
+            "augment=false",
+            "alpha_seg=1.0",
+            "alpha_det=1.0",
+            "temperature=1",
+            "distill.feat_kd.names=[p3,p4]",
+            "distill.feat_kd.kind=fitnet",
+            "distill.feat_kd.weight=0.1",
+        ],
+        hooks=[hook],
+    )
     assert hook.checked
     rows = _rows(run / "results.csv")
-    for col in ("seg_loss", "seg_kd", "det_loss", "det_kd", "feat_kd", "loss", "det_kd_box", "det_kd_cls",
-                "feat_kd_p3", "lr", "det/mAP50_95", "seg/mIoU"):
+    for col in (
+        "seg_loss",
+        "seg_kd",
+        "det_loss",
+        "det_kd",
+        "feat_kd",
+        "loss",
+        "det_kd_box",
+        "det_kd_cls",
+        "feat_kd_p3",
+        "lr",
+        "det/mAP50_95",
+        "seg/mIoU",
+    ):
         assert col in rows[0], col
     for term in ("seg_kd", "det_kd", "feat_kd"):
         first, last = float(rows[0][term]), float(rows[-1][term])

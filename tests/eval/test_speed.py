@@ -10,7 +10,9 @@ from mtkd.eval.speed import count_flops, count_params, file_size_mb, measure_lat
 
 
 def tiny() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=False))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=False)
+    )
 
 
 def test_params_and_flops_by_hand():

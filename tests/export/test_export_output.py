@@ -117,14 +117,21 @@ def test_card_that_cannot_replace_the_old_one_is_removed_not_left_stale(model, p
 def test_opset_range(model, tmp_path, capsys):
     ckpt = save_checkpoint({"model": model_state(model), "config": {"imgsz": IMGSZ}}, tmp_path / "w.pt")
     for bad in ("5", str(MIN_OPSET - 1), str(MAX_OPSET + 1)):
-        assert run_command("export", ["--weights", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--opset", bad]) == 2
+        assert (
+            run_command("export", ["--weights", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--opset", bad])
+            == 2
+        )
         err = capsys.readouterr().err.strip()
-        assert "\n" not in err and f"--opset: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET}" in err, err
+        assert (
+            "\n" not in err and f"--opset: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET}" in err
+        ), err
         assert err.endswith(f"got {bad}")
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(ConfigError, match="opset"):
         export_onnx(model, tmp_path / "m.onnx", imgsz=IMGSZ, opset=21)
-    constants = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", MAX_OPSET)
+    constants = getattr(
+        getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", MAX_OPSET
+    )
     assert MAX_OPSET == constants  # the exporter's own limit (torch 2.14: 20)
 
 

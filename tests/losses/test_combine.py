@@ -191,14 +191,18 @@ def test_gradients_reach_only_student_and_connectors(kind):
 def test_connector_state_separate_from_student():
     student = Toy(4)
     dl = DistillLoss(
-        feat_kd=FeatKDConfig(names=("p3",), kind="fitnet"), student_channels={"p3": 4}, teacher_channels={"p3": 8}
+        feat_kd=FeatKDConfig(names=("p3",), kind="fitnet"),
+        student_channels={"p3": 4},
+        teacher_channels={"p3": 8},
     )
     keys = list(dl.state_dict())
     assert keys and all(k.startswith("feature.connectors.p3.") for k in keys)
     assert not any("connectors" in k for k in student.state_dict())
     ids = {id(p) for p in student.parameters()}
     assert not any(id(p) in ids for p in dl.parameters())
-    dl2 = DistillLoss.from_config(load_config(None, ["distill.feat_kd.names=[p3]", "distill.feat_kd.kind=fitnet"]))
+    dl2 = DistillLoss.from_config(
+        load_config(None, ["distill.feat_kd.names=[p3]", "distill.feat_kd.kind=fitnet"])
+    )
     dl2.build({"p3": 4}, {"p3": 8})
     dl2.load_state_dict(dl.state_dict())  # resume restores connectors
     assert dl2.feature_names == ["p3"] and DistillLoss().feature_names == []

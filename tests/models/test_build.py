@@ -35,7 +35,11 @@ def test_build_by_name_and_config():
         (("yolo_mt_x",), {}, r"unknown model name 'yolo_mt_x'.*did you mean"),
         (({"adapter": "nativ"},), {}, r"unknown adapter 'nativ'.*did you mean 'native'"),
         (({"name": "yolo_mt_n"},), {}, r"missing key 'adapter'"),
-        (({"adapter": "native", "name": "yolo_mt_n", "haed": "anchor"},), {}, r"unknown field 'haed'.*'head'"),
+        (
+            ({"adapter": "native", "name": "yolo_mt_n", "haed": "anchor"},),
+            {},
+            r"unknown field 'haed'.*'head'",
+        ),
         (("yolo_mt_n",), {"head": "anchorfree"}, r"'head' must be one of.*did you mean 'anchor_free'"),
         (("yolo_mt_n",), {"anchors": [[1, 2]]}, r"'anchors'"),
         (("yolo_mt_n",), {"nc_det": 3, "det_names": ["a"]}, r"nc_det=3 but 1 det_names"),

@@ -33,9 +33,19 @@ def file_size_limit(nbytes):
 def full_metrics(name="m"):
     return {
         "model": {"name": name, "params": 1000, "flops": 2e6, "size_mb": 1.0},
-        "det": {"mAP50_95": 0.3, "mAP50": 0.5, "mAP75": None, "per_class_AP50_95": {"car": 0.3, "sign": None}},
-        "seg": {"mIoU": 0.6, "pixel_acc": 0.9, "per_class_IoU": {"bg": 0.9, "road": 0.3},
-                "confusion_matrix": [[9, 1], [2, 8]], "absent_classes": []},
+        "det": {
+            "mAP50_95": 0.3,
+            "mAP50": 0.5,
+            "mAP75": None,
+            "per_class_AP50_95": {"car": 0.3, "sign": None},
+        },
+        "seg": {
+            "mIoU": 0.6,
+            "pixel_acc": 0.9,
+            "per_class_IoU": {"bg": 0.9, "road": 0.3},
+            "confusion_matrix": [[9, 1], [2, 8]],
+            "absent_classes": [],
+        },
         "speed": {"device": "cpu", "threads": 2, "imgsz": 64, "latency_ms_p50": 3.0, "latency_ms_p90": 4.0},
         "data": {"yaml": "d.yaml", "split": "val", "images": 4},
     }
@@ -66,8 +76,9 @@ def one_line_error(args, capsys):
     ("seg", "confusion_matrix", [[1, 2], [3]], "seg.confusion_matrix"),
     ("seg", "absent_classes", "car", "seg.absent_classes"),
 ])  # fmt: skip
-def test_non_numeric_metric_values_are_one_line_naming_file_and_field(tmp_path, capsys, section, key, value,
-                                                                      field):
+def test_non_numeric_metric_values_are_one_line_naming_file_and_field(
+    tmp_path, capsys, section, key, value, field
+):
     m = full_metrics()
     m[section][key] = value
     bad = write(tmp_path / "bad.json", m)
@@ -106,8 +117,10 @@ def test_bad_metrics_stored_in_a_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "weights").mkdir(parents=True)
     (run / "results.csv").write_text("epoch,loss\n1,2.0\n")
-    save_checkpoint({"model": {"arch": {"adapter": "native"}, "state_dict": {}},
-                     "metrics": {"seg": {"mIoU": "n/a"}}}, run / "weights" / "best.pt")
+    save_checkpoint(
+        {"model": {"arch": {"adapter": "native"}, "state_dict": {}}, "metrics": {"seg": {"mIoU": "n/a"}}},
+        run / "weights" / "best.pt",
+    )
     err = one_line_error([str(run), "--out", str(tmp_path / "r")], capsys)
     assert "best.pt" in err and "'seg.mIoU'" in err
 
@@ -122,7 +135,10 @@ def test_partial_and_null_metrics_are_accepted(tmp_path):
     nulls_path = write(tmp_path / "nulls.json", nulls)
     full = write(tmp_path / "full.json", full_metrics("full"))
     out = tmp_path / "r"
-    assert main([str(full), str(seg_only), str(det_only), str(speed_only), str(nulls_path), "--out", str(out)]) == 0
+    assert (
+        main([str(full), str(seg_only), str(det_only), str(speed_only), str(nulls_path), "--out", str(out)])
+        == 0
+    )
     html = (out / "report.html").read_text()
     assert "segnet" in html and "50.00" in html and "20.00" in html and "1.500" in html
 

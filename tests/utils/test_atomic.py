@@ -30,7 +30,9 @@ def test_file_system_errors_are_one_line_naming_the_path(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "fsync", full)
-    with pytest.raises(OutputError, match=rf"^{path}: cannot write the metrics JSON \(no space left on device\)"):
+    with pytest.raises(
+        OutputError, match=rf"^{path}: cannot write the metrics JSON \(no space left on device\)"
+    ):
         write_text(path, "new", what="metrics JSON")
     assert path.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
     with pytest.raises(OutputError, match="existing directory"):

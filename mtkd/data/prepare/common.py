@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtkd.data.samples import pil_open
 from mtkd.errors import DatasetError
 
 #: image files a source may hold (the ``yolo_mask`` reader accepts the same suffixes)
@@ -121,10 +122,10 @@ def require_dir(path: Path, what: str) -> Path:
 
 def image_size(path: Path) -> tuple[int, int]:
     """``(W, H)`` of an image from its header; a ``DatasetError`` naming it when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with pil_open(path) as im:
             return im.size
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DatasetError(f"{path}: image is unreadable ({type(e).__name__}: {e})") from None
@@ -136,10 +137,10 @@ def read_ids(path: Path, what: str, *, image: Path, wh: tuple[int, int]) -> np.n
     ``DatasetError`` naming ``path`` when it is unreadable, has colour channels (a colour-coded label image
     instead of ids) or is not the size ``wh`` of ``image``.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with pil_open(path) as im:
             mode = im.mode
             ids = np.asarray(im) if mode in _ID_MODES else None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
