@@ -4,4 +4,4 @@ Importing ``mtkd`` is cheap and has no side effects; heavy modules (torch, ultra
 sub-packages that need them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -4,7 +4,7 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads:
 lists and dicts only. Layout::
 
     {
-      "format": "mtkd-checkpoint", "mtkd_version": "0.1.0",
+      "format": "mtkd-checkpoint", "mtkd_version": "0.2.0",
       "model": {"arch": {...JSON-like, rebuilds the architecture incl. pruned widths...},
                 "state_dict": {name: tensor}},          # deployable weights (EMA weights when EMA is used)
       "names": {"det": [...], "seg": [...]},
@@ -84,7 +84,7 @@ def _check_version(path: Path, ckpt: dict[str, Any]) -> None:
     have = _version_tuple(ver) if isinstance(ver, str) else None
     if have is None:
         raise CheckpointError(
-            f"{path}: field 'mtkd_version' = {ver!r}; expected a version string like '0.1.0'"
+            f"{path}: field 'mtkd_version' = {ver!r}; expected a version string like '0.2.0'"
         )
     if have > (_version_tuple(__version__) or ()):
         raise CheckpointError(

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import mtkd
 from mtkd.checkpoint import checkpoint_dict, load_checkpoint, save_checkpoint, save_model
 from mtkd.cli import run_command
 from mtkd.errors import CheckpointError
@@ -69,7 +70,7 @@ def test_a_checkpoint_from_a_newer_mtkd_is_refused_naming_the_version(model, tmp
     torch.save(data, path)
     with pytest.raises(CheckpointError, match=r"written by mtkd 2\.0\.0, newer than this mtkd"):
         load_checkpoint(path)
-    data["mtkd_version"] = "0.1.0"  # same version, unknown arch key: refused, not dropped
+    data["mtkd_version"] = mtkd.__version__  # same version, unknown arch key: refused, not dropped
     torch.save(data, path)
     with pytest.raises(CheckpointError, match="unknown field 'future_field'"):
         load_model(path)

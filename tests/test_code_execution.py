@@ -171,7 +171,7 @@ def test_generic_checkpoint_loads_with_the_opt_in_only(tmp_path, monkeypatch, ca
             "target": target,
             "kwargs": {"nc": 3, "nc_seg": 3, "reg_max": 4},
             "outputs": {"det": "det", "seg": "seg"},
-            "det_kind": "anchor_free",
+            "head": "anchor_free",
             "strides": [8, 16, 32],
             "reg_max": 4,
             "seg_activation": "softmax",

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,6 +15,8 @@ import torch
 from torch import Tensor
 
 DetKind = Literal["anchor", "anchor_free"]
+#: the detection head kinds, everywhere called ``head`` (config key, arch key, ``build_model(head=...)``)
+HEAD_KINDS: tuple[str, ...] = typing.get_args(DetKind)
 
 
 @dataclass

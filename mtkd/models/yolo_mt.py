@@ -28,7 +28,7 @@ from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.blocks import CSP, SPPF, conv_width
 from mtkd.models.features import FeatureTaps
 from mtkd.models.heads import DEFAULT_ANCHORS, AnchorFreeHead, AnchorHead, SegHead
-from mtkd.models.outputs import DetOutput, MultiTaskOutput
+from mtkd.models.outputs import HEAD_KINDS, DetOutput, MultiTaskOutput
 from mtkd.utils.env import quiet_ultralytics
 
 with quiet_ultralytics():  # no settings banner when Ultralytics is first imported
@@ -43,7 +43,6 @@ SCALES: dict[str, tuple[float, float, int]] = {
 BASE_CHANNELS = (64, 128, 256, 512, 1024)  # stem, /4, /8, /16, /32
 BASE_DEPTHS = (3, 6, 9, 3, 3)  # csp1..csp4, neck blocks
 STRIDES = (8, 16, 32)
-HEAD_KINDS = ("anchor", "anchor_free")
 FEATURE_TAPS = {
     "b3": "backbone.csp2",
     "b4": "backbone.csp3",

@@ -21,8 +21,6 @@ from mtkd.errors import ConfigError
 from mtkd.models.adapters._common import describe
 from mtkd.models.outputs import DetOutput
 
-DET_KINDS = ("anchor", "anchor_free")
-
 
 def normalize_anchors(anchors: Any, n_levels: int, *, where: str) -> list[list[list[float]]]:
     """YOLOv5-style ``[[w,h,w,h,...], ...]`` or nested ``[[[w,h], ...], ...]`` → ``[nl][na][2]`` floats (the same

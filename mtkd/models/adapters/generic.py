@@ -10,7 +10,7 @@ names the class by import path and says where seg and det are in its output::
     state_dict_key: state_dict           # optional: take ckpt["state_dict"] from the loaded dict
     outputs: {det: 0, seg: 1}            # index / key / nested path ([0, "drive"]) into the module's output
     eval_outputs: {det: [0, 1]}          # optional override in eval mode (YOLOv5/YOLOP heads return (z, x))
-    det_kind: anchor                     # anchor | anchor_free
+    head: anchor                         # anchor | anchor_free (the one name mtkd uses; `det_kind` is read too)
     strides: [8, 16, 32]
     anchors: [[3,9,5,11,4,20], [7,18,6,39,12,31], [19,50,38,81,68,157]]   # per level, input pixels
     reg_max: 16                          # anchor_free only
@@ -53,14 +53,13 @@ from mtkd.models.adapters._common import (
 )
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.adapters.det_layouts import (
-    DET_KINDS,
     anchor_det_output,
     anchor_free_det_output,
     normalize_anchors,
 )
 from mtkd.models.adapters.output_map import SEG_ACTIVATIONS, OutputPath, probs_to_logits, select_output
 from mtkd.models.features import FeatureTaps
-from mtkd.models.outputs import MultiTaskOutput
+from mtkd.models.outputs import HEAD_KINDS, MultiTaskOutput
 from mtkd.models.trust import TrustCode, require_trusted
 
 _W = "generic adapter"
@@ -111,7 +110,7 @@ class GenericAdapter(MultiTaskAdapter):
         det_names / seg_names: class names (required for each task that ``outputs`` maps).
         outputs: ``{"det": path, "seg": path}`` (either may be absent), path = index, key, or list of them.
         eval_outputs: paths used in eval mode instead (defaults to ``outputs``).
-        det_kind: ``"anchor"`` (needs ``anchors``) or ``"anchor_free"`` (needs ``reg_max``); with ``strides``.
+        head: ``"anchor"`` (needs ``anchors``) or ``"anchor_free"`` (needs ``reg_max``); with ``strides``.
         seg_activation: ``"logits" | "sigmoid" | "softmax"``; see ``probs_to_logits``. With a single-channel
             sigmoid, ``seg_names`` must have two entries (background, foreground).
         features: short name → module path inside ``module`` (``{"p3": "neck.2"}``); module paths work too.
@@ -134,7 +133,7 @@ class GenericAdapter(MultiTaskAdapter):
         seg_names: Sequence[str] = (),
         outputs: Mapping[str, OutputPath],
         eval_outputs: Mapping[str, OutputPath] | None = None,
-        det_kind: str | None = None,
+        head: str | None = None,
         strides: Sequence[int] = (),
         anchors: Any = None,
         reg_max: int | None = None,
@@ -177,24 +176,22 @@ class GenericAdapter(MultiTaskAdapter):
                 raise ConfigError(
                     f"{_W}: field 'freeze': {type(module).__name__} has no submodule {path!r}"
                 ) from None
-        self.det_kind: str | None = None
+        self.head_kind: str | None = None
         self.strides: tuple[int, ...] = ()
         self.anchor_list: list[list[list[float]]] | None = None
         self.reg_max: int | None = None
         if "det" in self.outputs:
-            self._init_det(det_kind, strides, anchors, reg_max)
+            self._init_det(head, strides, anchors, reg_max)
 
-    def _init_det(
-        self, det_kind: str | None, strides: Sequence[int], anchors: Any, reg_max: int | None
-    ) -> None:
+    def _init_det(self, head: str | None, strides: Sequence[int], anchors: Any, reg_max: int | None) -> None:
         if not self.det_names:
             raise ConfigError(f"{_W}: 'outputs' maps 'det', so 'det_names' (or nc_det) is required")
-        if det_kind not in DET_KINDS:
-            raise ConfigError(f"{_W}: field 'det_kind' = {det_kind!r}; expected one of {DET_KINDS}")
+        if head not in HEAD_KINDS:
+            raise ConfigError(f"{_W}: field 'head' = {head!r}; expected one of {HEAD_KINDS}")
         if not strides or not all(isinstance(s, int) and s > 0 for s in strides):
             raise ConfigError(f"{_W}: field 'strides' = {strides!r}; expected positive ints, one per level")
-        self.det_kind, self.strides = det_kind, tuple(strides)
-        if det_kind == "anchor":
+        self.head_kind, self.strides = head, tuple(strides)
+        if head == "anchor":
             self.anchor_list = normalize_anchors(anchors, len(self.strides), where=_W)
             self.register_buffer("anchors", torch.tensor(self.anchor_list), persistent=False)  # [nl, na, 2]
         elif not isinstance(reg_max, int) or reg_max < 1:
@@ -214,7 +211,7 @@ class GenericAdapter(MultiTaskAdapter):
         if "det" in paths:
             raw = select_output(out, paths["det"], field=f"{key}.det")
             where = f"{_W}: '{key}.det'"
-            if self.det_kind == "anchor":
+            if self.head_kind == "anchor":
                 det = anchor_det_output(
                     raw, strides=self.strides, anchors=self.anchors, nc=self.nc_det, where=where
                 )
@@ -245,12 +242,12 @@ class GenericAdapter(MultiTaskAdapter):
 
     # ---------------------------------------------------------------- description
     def det_spec(self) -> DetSpec | None:
-        if self.det_kind is None:
+        if self.head_kind is None:
             return None
         anchors = None
         if self.anchor_list is not None:
             anchors = tuple(tuple((w, h) for w, h in level) for level in self.anchor_list)
-        return DetSpec(self.det_kind, self.nc_det, self.strides, anchors=anchors, reg_max=self.reg_max)
+        return DetSpec(self.head_kind, self.nc_det, self.strides, anchors=anchors, reg_max=self.reg_max)
 
     def feature_names(self) -> list[str]:
         return self.taps.names
@@ -274,10 +271,10 @@ class GenericAdapter(MultiTaskAdapter):
         }  # fmt: skip
         if self.eval_outputs != self.outputs:
             arch["eval_outputs"] = dict(self.eval_outputs)
-        if self.det_kind == "anchor":
-            arch.update(det_kind="anchor", strides=list(self.strides), anchors=self.anchor_list)
-        elif self.det_kind == "anchor_free":
-            arch.update(det_kind="anchor_free", strides=list(self.strides), reg_max=self.reg_max)
+        if self.head_kind == "anchor":
+            arch.update(head="anchor", strides=list(self.strides), anchors=self.anchor_list)
+        elif self.head_kind == "anchor_free":
+            arch.update(head="anchor_free", strides=list(self.strides), reg_max=self.reg_max)
         if self.taps.taps:
             arch["features"] = dict(self.taps.taps)
         if self.freeze:
@@ -310,10 +307,13 @@ class GenericAdapter(MultiTaskAdapter):
             load_state_dict_file(module, config["state_dict"], config.get("state_dict_key"))
         det = resolve_names(det_names, nc_det, "det", _W) if "det" in outputs else []
         seg = resolve_names(seg_names, nc_seg, "seg", _W) if "seg" in outputs else []
-        if config.get("head") is not None and "det" in outputs:
-            check_head(config["head"], config.get("det_kind", config["head"]), _W)
-            config = {"det_kind": config["head"], **config}
-        opts = {k: config[k] for k in ("eval_outputs", "det_kind", "strides", "anchors", "reg_max", "seg_activation",
+        if "det_kind" in config:  # the older name of `head` (configs and checkpoints before mtkd 0.2)
+            if config.get("head") is not None and "det" in outputs:
+                check_head(config["head"], config["det_kind"], _W)
+            config = {**{k: v for k, v in config.items() if k != "det_kind"}, "head": config["det_kind"]}
+        if "det" not in outputs:
+            config = {k: v for k, v in config.items() if k != "head"}
+        opts = {k: config[k] for k in ("eval_outputs", "head", "strides", "anchors", "reg_max", "seg_activation",
                                        "features", "freeze", "input_mean", "input_std") if k in config}  # fmt: skip
         return cls(
             module,

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mtkd.errors import ConfigError
+from mtkd.models.outputs import HEAD_KINDS
 from mtkd.models.trust import TrustCode
-from mtkd.models.yolo_mt import HEAD_KINDS, SCALES, STRIDES, YoloMT, default_layers
+from mtkd.models.yolo_mt import SCALES, STRIDES, YoloMT, default_layers
 from mtkd.utils.suggest import did_you_mean
 
 CONFIG_KEYS = ("adapter", "name", "scale", "head", "anchors", "reg_max")

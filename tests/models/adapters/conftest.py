@@ -24,7 +24,7 @@ GENERIC_YOLOP = {
     "kwargs": {"nc": NC_DET},
     "outputs": {"det": 0, "seg": 1},  # seg = the drivable-area head (2-channel sigmoid)
     "eval_outputs": {"det": [0, 1]},  # YOLOP's Detect returns (decoded, raw) in eval mode
-    "det_kind": "anchor",
+    "head": "anchor",
     "strides": [8, 16, 32],
     "anchors": YOLOP_ANCHORS,
     "seg_activation": "sigmoid",
@@ -36,7 +36,7 @@ GENERIC_ANCHOR_FREE = {
     "target": "mtkd_adapter_toys:AnchorFreeToy",
     "kwargs": {"nc": NC_DET, "nc_seg": NC_SEG, "reg_max": 4},
     "outputs": {"det": "det", "seg": "seg"},
-    "det_kind": "anchor_free",
+    "head": "anchor_free",
     "strides": [8, 16, 32],
     "reg_max": 4,
     "seg_activation": "softmax",

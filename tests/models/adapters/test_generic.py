@@ -20,7 +20,7 @@ def _yolop_config(**over):
         "kwargs": {"nc": 2},
         "outputs": {"det": 0, "seg": 2},  # seg = lane-line head this time
         "eval_outputs": {"det": [0, 1]},
-        "det_kind": "anchor",
+        "head": "anchor",
         "strides": [8, 16, 32],
         "anchors": [[3, 9, 5, 11, 4, 20], [7, 18, 6, 39, 12, 31], [19, 50, 38, 81, 68, 157]],
         "seg_activation": "sigmoid",
@@ -36,7 +36,7 @@ def test_yolop_like_outputs_are_mapped_exactly(toys):
     net = toys.YoloPLike(nc=2)
     adapter = GenericAdapter(
         net, det_names=["car", "person"], seg_names=["bg", "lane"], outputs={"det": 0, "seg": 2},
-        eval_outputs={"det": [0, 1]}, det_kind="anchor", strides=[8, 16, 32],
+        eval_outputs={"det": [0, 1]}, head="anchor", strides=[8, 16, 32],
         anchors=[[[3, 9], [5, 11], [4, 20]], [[7, 18], [6, 39], [12, 31]], [[19, 50], [38, 81], [68, 157]]],
         seg_activation="sigmoid", freeze=["drive"],
     )  # fmt: skip
@@ -112,7 +112,7 @@ def test_import_path_with_state_dict_file(toys, tmp_path):
         ({"target": "mtkd_adapter_toys.YoloPLike"}, r"field 'target'.*expected 'package.module:Class'"),
         ({"kwargs": {"nc": 2, "depth_multiple": 3}}, r"field 'kwargs'.*could not be built"),
         ({"outputs": {"det": 0, "sge": 1}}, r"field 'outputs'"),
-        ({"det_kind": "anchors"}, r"field 'det_kind'"),
+        ({"head": "anchors"}, r"field 'head' = 'anchors'"),
         ({"anchors": [[3, 9, 5, 11]]}, r"field 'anchors'"),
         ({"seg_activation": "tanh"}, r"field 'seg_activation'"),
         ({"freeze": ["lane_head"]}, r"field 'freeze'.*no submodule 'lane_head'"),
@@ -197,12 +197,19 @@ def test_input_normalization(toys):
     assert normed.arch()["input_std"] == pytest.approx(std)
 
 
-def test_head_fills_det_kind_and_must_agree(toys):
+def test_head_is_the_one_name_and_legacy_det_kind_still_reads(toys):
     from mtkd.models.build import build_model
 
-    cfg = {k: v for k, v in _yolop_config().items() if k != "det_kind"}
+    cfg = {k: v for k, v in _yolop_config().items() if k != "head"}
     assert build_model(cfg, nc_det=2, nc_seg=2, head="anchor").det_spec().kind == "anchor"
+    legacy = {**cfg, "det_kind": "anchor"}  # configs and checkpoints written before mtkd 0.2
+    model = build_model(legacy, nc_det=2, nc_seg=2)
+    assert (
+        model.det_spec().kind == "anchor"
+        and model.arch()["head"] == "anchor"
+        and "det_kind" not in model.arch()
+    )
     with pytest.raises(
         ConfigError, match=r"field 'head' = 'anchor_free', but this model's detection head is 'anchor'"
     ):
-        build_model(_yolop_config(), nc_det=2, nc_seg=2, head="anchor_free")
+        build_model(legacy, nc_det=2, nc_seg=2, head="anchor_free")
