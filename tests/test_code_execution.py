@@ -25,6 +25,7 @@ from mtkd.models import build_from_arch, build_model, load_model, model_state
 HERE = Path(__file__).resolve().parent
 TOYS = HERE / "models" / "adapters"
 CONFIG = HERE.parent / "configs" / "shapes_student.yaml"
+DISTILL = HERE.parent / "configs" / "shapes_distill.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +127,35 @@ def _commands(ckpt: Path, data: Path, out: Path) -> dict[str, list[str]]:
         "export": ["export", "--weights", str(ckpt), "--out", str(out / "model.onnx")],
         "convert": ["convert", str(ckpt), "--out", str(out / "converted.pt")],
         "convert_base": ["convert", str(out / "sd.pt"), "--base", str(ckpt), "--out", str(out / "c2.pt")],
+        "benchmark": [
+            "benchmark",
+            "--config",
+            str(DISTILL),
+            "--teacher",
+            str(ckpt),
+            "--out",
+            str(out / "b.json"),
+            f"data={data}",
+            "imgsz=64",
+            "batch=2",
+            "workers=0",
+        ],
     }
 
 
 @pytest.mark.parametrize(
     "command",
-    ["eval", "train_teacher", "train_student", "train_resume", "prune", "export", "convert", "convert_base"],
+    [
+        "eval",
+        "train_teacher",
+        "train_student",
+        "train_resume",
+        "prune",
+        "export",
+        "convert",
+        "convert_base",
+        "benchmark",
+    ],
 )
 def test_no_command_runs_code_named_by_a_checkpoint(command, payload, data, tmp_path, capsys):
     ckpt, marker = payload
@@ -142,6 +166,14 @@ def test_no_command_runs_code_named_by_a_checkpoint(command, payload, data, tmp_
     assert not marker.exists(), f"{command} ran code named by the checkpoint"
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert str(ckpt) in err and ("os:system" in err or "activation" in err), err
+
+
+def test_report_reads_metrics_without_rebuilding_the_model(payload, tmp_path, capsys):
+    """report reads a checkpoint's metrics only: whatever it answers, the payload never runs."""
+    ckpt, marker = payload
+    run_command("report", [str(ckpt), "--out", str(tmp_path / "report")])
+    capsys.readouterr()
+    assert not marker.exists()
 
 
 def test_ultralytics_yaml_fields_are_checked_against_an_allowlist(tmp_path):
