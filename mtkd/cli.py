@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("mtkd.prune.prune:main", "structured pruning with Torch-Pruning to a safe checkpoint"),
     "convert": ("mtkd.prune.convert:main", "convert pickled/pruned/Ultralytics models to a safe checkpoint"),
     "export": ("mtkd.export.onnx:main", "export to ONNX (+ onnxruntime parity check)"),
+    "study": ("mtkd.study.cli:main", "fine-tuning vs distillation over seeds, with intervals"),
     "benchmark": ("mtkd.engine.benchmark:main", "time student step, teacher forward and distillation step"),
 }
 

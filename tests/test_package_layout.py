@@ -2,7 +2,7 @@
 
 Layers, lowest first (a unit may import its own layer or lower ones, never a higher one; no cycles at all):
 ``errors, utils`` → ``config, checkpoint`` → ``data, models`` → ``losses`` → ``engine, eval`` →
-``prune, export, report`` → ``cli, demo``. Imports inside functions count.
+``prune, export, report`` → ``cli, demo, study``. Imports inside functions count.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ LAYERS = [
     ("losses",),
     ("engine", "eval"),
     ("prune", "export", "report"),
-    ("cli", "demo"),
+    ("cli", "demo", "study"),
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 MAX_LINES = 450
