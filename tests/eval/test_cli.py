@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+from mtkd_test_faults import file_size_limit, needs_non_root
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -110,26 +111,8 @@ def test_eval_bad_inputs(checkpoint, tmp_path, capsys):
 
 # --- output files: atomic writes and one-line errors ---------------------------------------------------------
 
-import os  # noqa: E402
-import resource  # noqa: E402
-import signal  # noqa: E402
 
 from mtkd.errors import OutputError  # noqa: E402
-
-needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-
-
-@contextlib.contextmanager
-def file_size_limit(nbytes):
-    """A full disk, for this process: writes beyond ``nbytes`` in any file fail with EFBIG."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of killing the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 def _leftovers(folder):

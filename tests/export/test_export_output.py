@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import resource
-import signal
 import warnings
 
 import onnx
 import pytest
 import torch
+from mtkd_test_faults import file_size_limit, needs_non_root
 
 import mtkd.export.onnx as onnx_export
 from mtkd.checkpoint import save_checkpoint
@@ -23,20 +21,6 @@ from mtkd.models import build_model, model_state
 
 IMGSZ = 64
 OLD_ONNX, OLD_CARD = b"old onnx bytes", '{"old": "card"}'
-needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-
-
-@contextlib.contextmanager
-def file_size_limit(nbytes):
-    """A full disk, for this process: writes beyond ``nbytes`` in any file fail with EFBIG."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of killing the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 @pytest.fixture(scope="module")

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import resource
-import signal
 
 import pytest
+from mtkd_test_faults import file_size_limit, needs_non_root
 
 from mtkd.cli import run_command
 from mtkd.errors import ConfigError, OutputError
 from mtkd.report.report import main
-
-needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-
-
-@contextlib.contextmanager
-def file_size_limit(nbytes):
-    """A full disk, for this process: writes beyond ``nbytes`` in any file fail with EFBIG."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of killing the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 def full_metrics(name="m"):
