@@ -3,8 +3,13 @@
 Reproducibility: an item is a pure function of ``(seed, epoch, index)`` — the augmentation of item ``i`` in
 epoch ``e`` is seeded with ``SeedSequence([seed, e, i])`` — so results do not depend on the number of worker
 processes or on which worker reads which item. Call ``loader.set_epoch(e)`` (or ``dataset.set_epoch(e)``
-and ``sampler.set_epoch(e)``) at the start of each epoch to vary augmentation and shuffling reproducibly.
-Workers are not persistent, so each epoch's workers see the dataset's current epoch.
+and ``sampler.set_epoch(e)``) at the start of each epoch, before iterating, to vary augmentation and
+shuffling reproducibly.
+
+Workers are persistent by default (started once, not every epoch). The dataset's epoch lives in a
+shared-memory tensor, so ``set_epoch`` in the main process reaches workers started earlier: a persistent
+worker only fetches an epoch's items after ``iter(loader)`` has handed out its indices, so it reads the epoch
+set before that call. Each worker runs OpenCV single-threaded (the workers are the parallelism).
 """
 
 from __future__ import annotations
@@ -48,7 +53,16 @@ class MultiTaskDataset(Dataset):
         self.spec, self.split, self.imgsz, self.augment, self.seed = spec, split, imgsz, augment, seed
         self.source = CocoSource(spec, split) if spec.format == "coco" else YoloMaskSource(spec, split)
         self.transform = JointTransform(imgsz, augment=augment, ignore_index=spec.ignore_index, params=params)
-        self.epoch = 0
+        # shared with the worker processes (forked or spawned), which may outlive an epoch (persistent_workers)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -81,12 +95,19 @@ def build_dataset(
 
 
 def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn``: seed numpy and ``random`` in each worker from its torch seed (itself seeded)."""
+    """``worker_init_fn``: seed numpy and ``random`` in each worker from its torch seed (itself seeded); run
+    OpenCV single-threaded there (torch already is), so ``workers`` processes do not each start a thread per
+    core, and without OpenCL, whose runtime each worker would otherwise probe on its first OpenCV call (slow
+    where a GPU driver installs an OpenCL ICD). Neither changes OpenCV's results on numpy arrays."""
     import random
+
+    import cv2
 
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+    cv2.setNumThreads(1)
+    cv2.ocl.setUseOpenCL(False)
 
 
 class MtkdDataLoader(DataLoader):
@@ -120,12 +141,22 @@ def build_dataloader(
     distributed: bool = False,
     drop_last: bool = False,
     params: AugmentParams | None = None,
+    pin_memory: bool = False,
+    persistent_workers: bool = True,
+    prefetch_factor: int = 2,
 ) -> MtkdDataLoader:
-    """Seeded loader of ``split`` yielding ``collate`` batches; ``DistributedSampler`` when ``distributed``."""
+    """Seeded loader of ``split`` yielding ``collate`` batches; ``DistributedSampler`` when ``distributed``.
+
+    ``pin_memory``: page-locked batches for faster, asynchronous copies to a GPU (pass ``True`` when training
+    on CUDA). ``persistent_workers`` (only with ``workers > 0``): keep the worker processes between epochs.
+    ``prefetch_factor``: batches each worker prepares ahead (only with ``workers > 0``).
+    """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch: expected a positive integer, got {batch!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"workers: expected an integer >= 0, got {workers!r}")
+    if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor < 1:
+        raise ConfigError(f"prefetch_factor: expected a positive integer, got {prefetch_factor!r}")
     dataset = build_dataset(spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params)
     if distributed:
         sampler: Any = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -143,4 +174,7 @@ def build_dataloader(
         worker_init_fn=seed_worker,
         seed=seed,
         generator=torch.Generator().manual_seed(_derive_seed(seed, 0, 1)),
+        pin_memory=bool(pin_memory),
+        persistent_workers=bool(persistent_workers) and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
     )

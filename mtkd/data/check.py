@@ -2,7 +2,8 @@
 
 Exit codes: 0 clean, 1 problems found (one line each: ``file[:line]: what is wrong``), 2 the descriptor itself
 is unusable. The checks are the ones the training-time readers apply (``mtkd.data.yolo_mask``,
-``mtkd.data.coco``), so a dataset that passes here loads without errors.
+``mtkd.data.coco``), so a dataset that passes here loads without errors. It reads and checks every file itself
+and never uses the readers' index cache (``mtkd.data.index``), so a stale cache cannot hide a problem.
 """
 
 from __future__ import annotations

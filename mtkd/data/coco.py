@@ -13,6 +13,10 @@ The semantic mask is rasterised with pycocotools from polygons or RLE (compresse
 largest annotation first so smaller objects stay visible; unannotated pixels are seg class 0. ``iscrowd=1``
 annotations give no box and mark their pixels ``ignore_index``. When the split has a ``masks`` folder, the
 mask is read from ``masks/<image stem>.png`` instead and segmentations are not needed.
+
+``CocoSource`` parses the JSON on construction and validates every sample once, caching the result next to the
+JSON (``<name>.json`` -> ``<name>.mtkd.npz``, ``mtkd.data.index``); a valid sample then decodes its image (and
+its PNG mask, or rasterises its mask) and takes its boxes from the index.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mtkd.data.descriptor import CocoSplit, DataSpec
+from mtkd.data.index import SUFFIX, index_split, read_indexed
 from mtkd.data.samples import (
     Problem,
     RawSample,
@@ -324,14 +329,41 @@ class CocoSource:
         if not problems and not self.images:
             problems = [Problem(self.paths_.annotations, "split has no images")]
         raise_first(problems)
+        p = self.paths_
+        self.index = index_split(
+            p.annotations.with_name(p.annotations.stem + SUFFIX),
+            spec,
+            [im.file_name for im in self.images],
+            [(p.images / im.file_name, self._mask_path(im), None) for im in self.images],
+            self._validate,
+            shared=(p.annotations,),
+            what=f"split '{split}' of {spec.yaml_path}",
+        )
+
+    def _mask_path(self, img: CocoImage) -> Path | None:
+        masks = self.paths_.masks
+        return None if masks is None else masks / f"{Path(img.file_name).stem}.png"
+
+    def _validate(self, index: int) -> tuple[RawSample | None, list[Problem]]:
+        return load_sample(self.images[index], self.spec, self.paths_, self.paths_.annotations)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> RawSample:
-        sample, problems = load_sample(self.images[index], self.spec, self.paths_, self.paths_.annotations)
-        raise_first(problems)
-        assert sample is not None
+        index = range(len(self.images))[index]
+        img = self.images[index]
+        sample = read_indexed(
+            self.index,
+            index,
+            self.paths_.images / img.file_name,
+            self._mask_path(img),
+            lambda: rasterise(img, self.spec.ignore_index),
+        )
+        if sample is None:
+            sample, problems = self._validate(index)
+            raise_first(problems)
+            assert sample is not None
         return sample
 
     @property

@@ -15,13 +15,16 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``orig_sizes`` list[(H0, W0)], ``pads`` list[(top, left)], ``scales`` list[float].
     """
     import torch
+    from torch.utils.data import default_collate
 
     if not items:
         raise ValueError("collate() needs at least one item")
     counts = [int(it["boxes"].shape[0]) for it in items]
     return {
-        "images": torch.stack([it["image"] for it in items]),
-        "masks": torch.stack([it["mask"] for it in items]),
+        # default_collate stacks like torch.stack, but in a worker process straight into shared memory (the
+        # batch would otherwise be copied there to reach the main process)
+        "images": default_collate([it["image"] for it in items]),
+        "masks": default_collate([it["mask"] for it in items]),
         "boxes": torch.cat([it["boxes"].reshape(-1, 4) for it in items]).float(),
         "labels": torch.cat([it["labels"].reshape(-1) for it in items]).long(),
         "batch_idx": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),

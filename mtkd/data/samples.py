@@ -157,6 +157,36 @@ def read_mask(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
     return _read_pil(path, "mask", _mask_ids)
 
 
+_JPEG_MAGIC, _PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+
+
+def cv2_read(path: Path, *, mask: bool = False) -> np.ndarray | None:
+    """Decode a JPEG or PNG with OpenCV: uint8 ``[H, W, 3]`` RGB, or with ``mask`` the single channel as stored
+    (``[H, W]``); ``None`` for anything else, or when OpenCV cannot decode it.
+
+    Not a validator: OpenCV decodes some files PIL refuses (a truncated JPEG comes back grey-filled), and ignores
+    what PIL converts (EXIF orientation is ignored on purpose, as PIL ignores it). Callers use it only for files
+    whose ``cv2_read`` output was compared equal to ``read_image`` / ``read_mask`` (``mtkd.data.index``).
+    """
+    import cv2
+
+    try:
+        buf = np.fromfile(path, np.uint8)
+    except (OSError, ValueError):
+        return None
+    head = buf[:8].tobytes()
+    if not (head.startswith(_JPEG_MAGIC) or head == _PNG_MAGIC):
+        return None
+    if mask:
+        out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        return out if out is not None and out.ndim == 2 and out.dtype == np.uint8 else None
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+    out = cv2.imdecode(buf, (cv2.IMREAD_COLOR if rgb is None else rgb) | cv2.IMREAD_IGNORE_ORIENTATION)
+    if out is None or out.ndim != 3 or out.shape[2] != 3 or out.dtype != np.uint8:
+        return None
+    return np.ascontiguousarray(out[..., ::-1]) if rgb is None else out
+
+
 def mask_problems(
     mask: np.ndarray, path: Path, image_hw: tuple[int, int] | None, num_seg: int, ignore_index: int
 ) -> list[Problem]:

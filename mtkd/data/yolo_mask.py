@@ -8,6 +8,9 @@
 ```
 Blank label lines are skipped. Boxes may exceed the image by ``BOX_EPS`` of its size (label-tool rounding) and
 are clipped; anything else wrong raises ``SampleError`` naming the file and line.
+
+``YoloMaskSource`` validates its split once, when constructed, and caches the result in
+``labels/<split folder>.mtkd.npz`` (``mtkd.data.index``); ``list_split``/``load_sample`` read the files every time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mtkd.data.descriptor import DataSpec
+from mtkd.data.index import SUFFIX, index_split, read_indexed
 from mtkd.data.samples import (
     IMAGE_SUFFIXES,
     Problem,
@@ -139,21 +143,41 @@ def load_sample(item: YoloItem, spec: DataSpec) -> tuple[RawSample | None, list[
 
 
 class YoloMaskSource:
-    """Random access to the raw samples of one ``yolo_mask`` split; bad files raise ``SampleError``."""
+    """Random access to the raw samples of one ``yolo_mask`` split; bad files raise ``SampleError``.
+
+    The split is indexed on construction (``mtkd.data.index``): a sample that passed decodes its image and mask
+    and takes its boxes from the index; any other is read and checked by ``load_sample`` as it always was.
+    """
 
     def __init__(self, spec: DataSpec, split: str) -> None:
         self.spec = spec
         self.split = spec.require_split(split)
         self.items, problems = list_split(spec, split)
         raise_first(problems)
+        labels_dir = spec.yolo_dirs(split)[1]
+        self.index = index_split(
+            labels_dir.parent / f"{labels_dir.name}{SUFFIX}",
+            spec,
+            [it.image.name for it in self.items],
+            [(it.image, it.mask, it.label) for it in self.items],
+            self._validate,
+            what=f"split '{split}' of {spec.yaml_path}",
+        )
+
+    def _validate(self, index: int) -> tuple[RawSample | None, list[Problem]]:
+        return load_sample(self.items[index], self.spec)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> RawSample:
-        sample, problems = load_sample(self.items[index], self.spec)
-        raise_first(problems)
-        assert sample is not None
+        index = range(len(self.items))[index]
+        item = self.items[index]
+        sample = read_indexed(self.index, index, item.image, item.mask)
+        if sample is None:
+            sample, problems = load_sample(item, self.spec)
+            raise_first(problems)
+            assert sample is not None
         return sample
 
     @property
