@@ -240,6 +240,16 @@ class TrainConfig:
     ema_tau: float = field(
         default=2000.0, metadata=field_meta("EMA warmup (updates)", range_=(0.0, math.inf, False, False))
     )
+    channels_last: bool = field(
+        default=False,
+        metadata=field_meta(
+            "channels_last memory format for the models' weights and the images (CUDA conv speed)"
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=field_meta("torch.compile the models' forwards (student, teacher); torch >= 2.2"),
+    )
     eval_every: int = field(
         default=1, metadata=field_meta("evaluate every N epochs and at the last", range_=_COUNT)
     )

@@ -85,3 +85,14 @@ def test_benchmark_writes_ratios(tmp_path):
     )
     assert res["kd_vs_student"] == pytest.approx(ms["kd_step"] / ms["student_step"], rel=1e-3)
     assert res["dataloader_images_per_s"] > 0 and res["eval_images_per_s"] > 0
+    assert res["dataloader_workers"] == 0 and res["dataloader_first_batch_s"] >= 0
+    assert res["train_images_per_s"] == pytest.approx(4 / ms["student_step"] * 1000, rel=1e-3)
+    assert res["kd_images_per_s"] == pytest.approx(4 / ms["kd_step"] * 1000, rel=1e-3)
+    steps = ("data_to_device", "forward", "task_loss", "backward", "optimizer", "ema", "other", "total")
+    phases = res["phases_ms"]
+    assert list(phases["student_step"]) == list(steps)
+    assert list(phases["kd_step"]) == [*steps[:2], "teacher_forward", "task_loss", "kd_loss", *steps[3:]]
+    for ph in phases.values():
+        assert all(v >= 0 for v in ph.values()) and ph["forward"] > 0 and ph["backward"] > 0
+        assert sum(v for k, v in ph.items() if k != "total") == pytest.approx(ph["total"], rel=1e-3, abs=0.01)
+    assert res["config"]["channels_last"] is False and res["config"]["compile"] is False

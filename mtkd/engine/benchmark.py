@@ -13,8 +13,16 @@ and reports medians after warm-up, plus
 - ``kd_overhead_ratio = kd_step / (student_step + teacher_forward)``: 1.0 means distillation costs nothing
   beyond the teacher's forward (the limit without caching teacher outputs); the target on CPU is <= 1.10;
 - ``kd_vs_student = kd_step / student_step``;
-- dataloader throughput (train pipeline with augmentation, images/s) and evaluation throughput
-  (``evaluate_model`` on the val split, images/s).
+- ``train_images_per_s`` / ``kd_images_per_s``: images per second of the student / distillation step;
+- ``dataloader_images_per_s`` (train pipeline with augmentation, ``dataloader_workers`` workers, after the
+  first batch, whose wait is ``dataloader_first_batch_s``) and ``eval_images_per_s`` (``evaluate_model`` on the
+  val split);
+- ``phases_ms``: the median per-phase breakdown of both steps, from separate instrumented steps (each phase
+  bracketed by device syncs): ``data_to_device``, ``forward`` (student), ``teacher_forward``, ``task_loss``,
+  ``kd_loss``, ``backward`` (with ``zero_grad``), ``optimizer`` (clipping, step, LR schedule), ``ema``, ``other``
+  (the rest: the host copy of the terms and the finite check, autocast) and ``total``.
+
+On CUDA every timing is bracketed by ``torch.cuda.synchronize`` (asynchronous kernels are timed to completion).
 
 Without ``--teacher`` a randomly initialised teacher of ``--teacher-model`` is used: timings do not depend on
 the weights. Without a dataset at the config's ``data`` path a small shapes set is generated in a temp folder.
@@ -45,15 +53,120 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+    p.add_argument(
+        "--loader-batches", type=int, default=8, help="batches read to time the dataloader (first one apart)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. batch=16)")
     return p
 
 
-def _time(fn) -> float:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU, whose kernels run synchronously."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device) -> float:
+    """Seconds ``fn()`` takes, its device work included."""
+    sync(device)
     t0 = time.perf_counter()
     fn()
+    sync(device)
     return time.perf_counter() - t0
+
+
+class _Phases:
+    """Times the phases of instrumented training steps (seconds per phase of the current step; medians in ms)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.steps: list[dict[str, float]] = []
+        self.cur: dict[str, float] = {}
+        self._t0: dict[str, float] = {}
+        self._undo: list[Any] = []
+
+    def _start(self, name: str) -> None:
+        sync(self.device)
+        self._t0[name] = time.perf_counter()
+
+    def _stop(self, name: str) -> None:
+        sync(self.device)
+        self.cur[name] = self.cur.get(name, 0.0) + time.perf_counter() - self._t0.pop(name)
+
+    def wrap(self, owner: Any, attr: str, name: str) -> None:
+        """Time ``owner.attr(...)`` calls as phase ``name`` (an instance attribute shadowing it until ``remove``)."""
+        fn, had = getattr(owner, attr), attr in vars(owner)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            self._start(name)
+            try:
+                return fn(*a, **k)
+            finally:
+                self._stop(name)
+
+        if isinstance(fn, torch.nn.Module):  # a submodule cannot be replaced by a function: hook its forward
+            self._undo.append(fn.register_forward_pre_hook(lambda m, a: self._start(name)).remove)
+            self._undo.append(fn.register_forward_hook(lambda m, a, o: self._stop(name)).remove)
+            return
+        object.__setattr__(owner, attr, timed)
+        self._undo.append(
+            lambda: object.__setattr__(owner, attr, fn) if had else object.__delattr__(owner, attr)
+        )
+
+    def step(self, fn) -> None:
+        self.cur = {}
+        total = _time(fn, self.device)
+        self.cur["other"] = max(total - sum(self.cur.values()), 0.0)
+        self.steps.append({**self.cur, "total": total})
+
+    def medians_ms(self) -> dict[str, float]:
+        keys = [k for k in PHASES if any(k in s for s in self.steps)]
+        return {k: round(statistics.median(s.get(k, 0.0) for s in self.steps) * 1000, 3) for k in keys}
+
+    def remove(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
+
+
+#: the phases of ``phases_ms``, in step order
+PHASES = (
+    "data_to_device",
+    "forward",
+    "teacher_forward",
+    "task_loss",
+    "kd_loss",
+    "backward",
+    "optimizer",
+    "ema",
+    "other",
+    "total",
+)
+
+
+def _phase_breakdown(trainer: Any, tasks: dict[str, Any], batches: list, steps: int) -> dict[str, Any]:
+    """``{step name: {phase: median ms}}`` of ``tasks`` (``{name: (run_step task arg, task module)}``)."""
+    out = {}
+    for name, (arg, task) in tasks.items():
+        ph = _Phases(trainer.device)
+        ph.wrap(trainer, "to_device", "data_to_device")
+        ph.wrap(trainer, "backward", "backward")
+        ph.wrap(trainer, "optimizer_step", "optimizer")
+        if trainer.ema is not None:
+            ph.wrap(trainer.ema, "update", "ema")
+        ph.wrap(task, "student", "forward")
+        ph.wrap(task, "task_loss", "task_loss")
+        if getattr(task, "teacher", None) is not None:
+            ph.wrap(task, "teacher", "teacher_forward")
+            ph.wrap(task, "distill", "kd_loss")
+        try:
+            for i in range(steps):
+                ph.step(lambda b=batches[i % len(batches)], a=arg: trainer.run_step(b, 0, 0, task=a))
+        finally:
+            ph.remove()
+        out[name] = ph.medians_ms()
+    return out
 
 
 def _prepare(args: argparse.Namespace, tmp: Path) -> Any:
@@ -102,14 +215,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         cfg = _prepare(args, tmp)
         trainer = Trainer(cfg)
         trainer.setup()
-        batches = []
+        dev = trainer.device
+        batches, n_later = [], 0
         t_load = time.perf_counter()
-        for b in trainer.train_loader:
+        for b in trainer.train_loader:  # the first batch waits for the workers' start: timed apart
+            if not batches:
+                first_s = time.perf_counter() - t_load
+                t_load = time.perf_counter()
+            else:
+                n_later += len(b["images"])
             batches.append(b)
-            if len(batches) == args.batches:
+            if len(batches) == max(args.batches, args.loader_batches):
                 break
         load_s = time.perf_counter() - t_load
-        n_loaded = sum(len(b["images"]) for b in batches)
+        if len(batches) == 1:  # a one-batch epoch: its rate includes the start
+            n_later, load_s = len(batches[0]["images"]), first_s
+        batches = batches[: args.batches]
+        per_batch = sum(len(b["images"]) for b in batches) / len(batches)
         kd = trainer.task  # a DistillTask: student + connectors, the teacher outside
         plain = TrainTask(kd.student, kd.task_loss, ratio_seg=cfg.ratio_seg, ratio_det=cfg.ratio_det)
         feats = kd.feature_names
@@ -119,7 +241,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
         def teacher_forward(b):
             with torch.no_grad():
-                kd.teacher(b["images"].to(trainer.device).float(), features=feats)
+                kd.teacher(trainer.to_device({"images": b["images"]})["images"].float(), features=feats)
 
         def kd_step(b):
             trainer.run_step(b, 0, 0)
@@ -133,17 +255,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.steps):
             b = batches[i % len(batches)]
             for k, fn in fns.items():  # interleaved: background load hits all three alike
-                times[k].append(_time(lambda fn=fn, b=b: fn(b)))
+                times[k].append(_time(lambda fn=fn, b=b: fn(b), dev))
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-
-        t0 = time.perf_counter()
-        ev = evaluate_model(
-            trainer.ema.ema if trainer.ema else trainer.student,
-            trainer.val_loader,
-            spec=trainer.spec,
-            device=trainer.device,
-            progress=False,
+        phases = _phase_breakdown(
+            trainer, {"student_step": (plain, plain), "kd_step": (None, kd)}, batches, args.steps
         )
+
+        model = trainer.ema.ema if trainer.ema else trainer.student
+        sync(dev)
+        t0 = time.perf_counter()
+        ev = evaluate_model(model, trainer.val_loader, spec=trainer.spec, device=dev, progress=False)
+        sync(dev)
         eval_s = time.perf_counter() - t0
         n_eval = int(ev.get("data", {}).get("images") or len(trainer.val_loader.dataset))
 
@@ -153,13 +275,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "processor": platform.processor() or platform.machine(),
                 "cpus": torch.get_num_threads(),
                 "torch": torch.__version__,
-                "device": str(trainer.device),
+                "device": str(dev),
+                "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             },
             "config": {
                 "student": cfg.student or cfg.model,
                 "teacher_model": args.teacher_model if args.teacher is None else args.teacher,
                 "imgsz": cfg.imgsz,
                 "batch": cfg.batch,
+                "amp": cfg.amp,
+                "channels_last": cfg.channels_last,
+                "compile": cfg.compile,
                 "feat_kd": list(feats),
                 "steps": args.steps,
                 "warmup": args.warmup,
@@ -167,8 +293,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "ms": {k: round(v, 3) for k, v in med.items()},
             "kd_overhead_ratio": round(med["kd_step"] / (med["student_step"] + med["teacher_forward"]), 4),
             "kd_vs_student": round(med["kd_step"] / med["student_step"], 4),
-            "dataloader_images_per_s": round(n_loaded / load_s, 2),
+            "train_images_per_s": round(per_batch / med["student_step"] * 1000, 2),
+            "kd_images_per_s": round(per_batch / med["kd_step"] * 1000, 2),
+            "dataloader_images_per_s": round(n_later / load_s, 2),
+            "dataloader_workers": cfg.workers,
+            "dataloader_first_batch_s": round(first_s, 4),
             "eval_images_per_s": round(n_eval / eval_s, 2),
+            "phases_ms": phases,
         }
 
 
@@ -190,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         f"kd_vs_student = {res['kd_vs_student']:.3f}"
     )
     print(
-        f"dataloader {res['dataloader_images_per_s']:.1f} img/s | eval {res['eval_images_per_s']:.1f} img/s"
+        f"train {res['train_images_per_s']:.1f} img/s | kd {res['kd_images_per_s']:.1f} img/s | "
+        f"dataloader {res['dataloader_images_per_s']:.1f} img/s ({res['dataloader_workers']} workers) | "
+        f"eval {res['eval_images_per_s']:.1f} img/s"
     )
+    for step, ph in res["phases_ms"].items():
+        print(f"{step} phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()))
     print(f"wrote {args.out}")
     return 0

@@ -16,7 +16,9 @@ one to ``backward()``.
   wrapped by DDP, untouched by ``.train()``/``.to()``.
 
 Training state: ``train_state()`` gives the task's own fields of ``last.pt`` (``train.distill``: the connectors'
-``state_dict``; ``{}`` for a plain run), ``load_train_state_field`` restores one on resume.
+``state_dict``; ``{}`` for a plain run), ``load_train_state_field`` restores one on resume. ``compile=true``:
+``compile_task`` (``check_compile`` refuses in one line where ``torch.compile`` is unavailable) compiles the
+student's and the teacher's forwards in place (``compile_models``); the losses stay eager.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class TrainTask(nn.Module):
         """The task's fields of the training state (``last.pt`` ``train.<name>``) besides the student's weights."""
         return {"distill": {}}
 
+    def compile_models(self) -> None:
+        """``torch.compile`` the models' forwards in place (``nn.Module.compile``: same modules, parameters and
+        ``state_dict`` keys); the losses, with their data-dependent shapes, stay eager."""
+        self.student.compile()
+
     def load_train_state_field(self, name: str, value: Any, where: str) -> None:
         """Restore field ``name`` of ``train_state()`` from a checkpoint (``where`` names it in errors)."""
 
@@ -94,6 +101,10 @@ class DistillTask(TrainTask):
 
     def train_state(self) -> dict[str, Any]:
         return {"distill": self.distill.state_dict()}
+
+    def compile_models(self) -> None:
+        super().compile_models()
+        self.teacher.compile()
 
     def load_train_state_field(self, name: str, value: Any, where: str) -> None:
         from mtkd.models.build import load_state_strict
@@ -160,13 +171,14 @@ def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.de
     student), the ``DistillLoss`` with its connectors built from both models' feature channels, ``DistillTask``.
 
     Construction order (fixed: it decides the RNG draws of the connectors' initialisation): teacher, connectors,
-    task loss.
+    task loss. ``cfg.channels_last``: the 4-D weights of the student, connectors and teacher in that format.
     """
     from mtkd.losses.task import TaskLoss
 
     if cfg.teacher is None:
         task_loss = TaskLoss(student, ignore_index=spec.ignore_index)
-        return TrainTask(student, task_loss, ratio_seg=cfg.ratio_seg, ratio_det=cfg.ratio_det)
+        task = TrainTask(student, task_loss, ratio_seg=cfg.ratio_seg, ratio_det=cfg.ratio_det)
+        return task.to(memory_format=torch.channels_last) if cfg.channels_last else task
     from mtkd.losses.combine import DistillLoss
     from mtkd.models import check_compatible, load_model
 
@@ -182,4 +194,46 @@ def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.de
             feature_channels(teacher, names, cfg.imgsz, device),
         )
     distill = distill.to(device)
+    if cfg.channels_last:  # 4-D weights only (nn.Module.to); the teacher is outside the task's module tree
+        teacher.to(memory_format=torch.channels_last)
+        student.to(memory_format=torch.channels_last)
+        distill.to(memory_format=torch.channels_last)
     return DistillTask(student, TaskLoss(student, ignore_index=spec.ignore_index), teacher, distill)
+
+
+def check_compile(device: torch.device) -> None:
+    """``ConfigError`` (one line) where ``torch.compile`` cannot run the training step on ``device``."""
+    import os
+    import shutil
+
+    why = None
+    if not callable(getattr(torch, "compile", None)) or not hasattr(nn.Module, "compile"):
+        why = f"torch {torch.__version__} has no nn.Module.compile (torch >= 2.2 needed)"
+    else:
+        try:
+            from torch._dynamo.eval_frame import check_if_dynamo_supported
+
+            check_if_dynamo_supported()
+        except ImportError:
+            pass
+        except Exception as e:  # unsupported Python / platform: torch's own reason
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if why is None and device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            has_triton = None
+        if has_triton is not None and not has_triton():
+            why = "triton (torch.compile's GPU backend) is not installed"
+    elif why is None and device.type == "cpu":
+        if not any(shutil.which(c) for c in (os.environ.get("CXX") or "", "g++", "c++", "clang++", "cl")):
+            why = "no C++ compiler found (torch.compile's CPU backend needs one)"
+    if why is not None:
+        raise ConfigError(f"compile: torch.compile is unavailable here ({why}); use compile=false")
+
+
+def compile_task(task: TrainTask, device: torch.device) -> None:
+    """``compile=true``: ``check_compile``, then ``task.compile_models()`` (in place). Call it after the EMA copy
+    is made (a deep copy of a compiled module would call the original's forward)."""
+    check_compile(device)
+    task.compile_models()

@@ -41,15 +41,17 @@ def main(argv: list[str]) -> int:
 
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg)
+    finished = False
     try:
         run_dir = trainer.fit()
+        finished = True
     except TrainingInterrupted as e:
         if dist.is_main():
             print(f"mtkd train: {e}", file=sys.stderr)
         return 130
     finally:
         main_rank = dist.is_main()
-        dist.cleanup()
+        dist.cleanup(synchronize=finished)
     if main_rank:
         made = [f for f in ("weights/best.pt", "weights/last.pt", "results.csv") if (run_dir / f).is_file()]
         print(f"done: {run_dir} ({', '.join(made) or 'no files written'})")

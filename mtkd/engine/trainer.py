@@ -4,10 +4,14 @@ The trainer keeps the loop, resume and interrupts; what a step computes is the t
 ``TrainTask`` or ``DistillTask``, the module DDP wraps), and checkpointing, evaluation, logging and early stop are
 hooks (``mtkd.engine.hooks``, whose docstring gives their order).
 
-Per step (``run_step``): batch to the device → ``task(batch, progress)`` under autocast → every term checked
-finite (on all ranks) → backward (``GradScaler`` for fp16) → gradient clipping → optimizer step → per-iteration
-LR schedule → EMA update of the student. Per epoch: the mean of every term over the epoch's steps, reduced over
-DDP ranks, becomes the epoch's ``results.csv`` row (kept in the training state), then the hooks' ``after_epoch``.
+Per step (``run_step``): batch to the device (once, ``non_blocking``; the loaders pin memory on CUDA) →
+``task(batch, progress)`` under autocast → every term copied to the host at once and checked finite (on all
+ranks: the step's one host sync) → backward (``GradScaler`` for fp16) → gradient clipping → optimizer step →
+per-iteration LR schedule → in-place EMA update of the student. The terms the step returns, the meters and
+the hooks' ``last_terms`` are those host (CPU) copies, so logging costs no further device sync. Options:
+``channels_last`` (weights and images), ``compile`` (``torch.compile`` of the models' forwards). Per epoch:
+the mean of every term over the epoch's steps, reduced over DDP ranks, becomes the epoch's ``results.csv`` row
+(kept in the training state), then the hooks' ``after_epoch``.
 
 A resume (``mtkd.engine.state.load_train_state``) restores every piece of state, rewrites ``results.csv`` from the
 rows in ``last.pt``, re-creates a missing ``best.pt`` when the best epoch is the resumed one, and re-runs a
@@ -52,7 +56,7 @@ from mtkd.engine.optim import build_optimizer, build_scheduler
 from mtkd.engine.rng import seed_all, set_rng_state
 from mtkd.engine.setup import RunLock, clean_stale_temps, planned_run_dir, prepare_run_dir, resolve_resume
 from mtkd.engine.state import load_train_state, restore_results, write_checkpoint
-from mtkd.engine.task import build_student, build_task
+from mtkd.engine.task import build_student, build_task, check_compile, compile_task
 from mtkd.errors import ConfigError, MtkdError
 from mtkd.utils import dist as D
 from mtkd.utils.atomic import write_text
@@ -150,6 +154,8 @@ class Trainer:
         cfg, ckpt, self.run_dir = resolve_resume(self.cfg)
         self.cfg = cfg
         resuming = ckpt is not None
+        if cfg.compile:
+            check_compile(self.device)
         # fail fast, before anything is built
         self._on_rank0(lambda: prepare_run_dir(cfg, self.run_dir, resuming=resuming, create=False))
         world = D.world_size()
@@ -157,6 +163,7 @@ class Trainer:
             raise ConfigError(f"batch: {cfg.batch} is not divisible by the {world} DDP ranks")
         seed_all(cfg.seed)
         self.spec = load_data_yaml(cfg.data)
+        pin = self.device.type == "cuda"  # page-locked batches: asynchronous (non_blocking) copies to the GPU
         self.train_loader = build_dataloader(
             self.spec,
             self.spec.require_split("train"),
@@ -168,6 +175,7 @@ class Trainer:
             seed=cfg.seed,
             distributed=D.is_dist(),
             params=cfg.aug,
+            pin_memory=pin,
         )
         self.val_loader = None
         if "val" in self.spec.splits:
@@ -181,6 +189,7 @@ class Trainer:
                 shuffle=False,
                 seed=cfg.seed,
                 distributed=D.is_dist(),
+                pin_memory=pin,
             )
         self.iters = len(self.train_loader)
         if self.iters == 0:
@@ -190,6 +199,8 @@ class Trainer:
         # the task: the module DDP wraps and whose parameters, in order, the optimizer gets (mtkd.engine.task)
         self.task = build_task(cfg, self.spec, student, self.device)
         self.ema = ModelEMA(student, decay=cfg.ema_decay, tau=cfg.ema_tau) if cfg.ema else None
+        if cfg.compile:  # the models' forwards, in place, after the EMA's copy
+            compile_task(self.task, self.device)
         self.model = D.wrap_ddp(self.task, self.device)  # what DDP wraps: the task
         self.optimizer = build_optimizer([self.task], cfg.optim)  # parameters in the task's order
         self.scheduler = build_scheduler(
@@ -229,43 +240,67 @@ class Trainer:
         self, batch: dict[str, Any], epoch: int, i: int, task: nn.Module | None = None
     ) -> dict[str, Tensor]:
         """One optimization step of ``task`` (default: the trainer's, DDP-wrapped when distributed) on ``batch``
-        (step ``i`` of epoch ``epoch``); returns every loss term (detached 0-d float tensors)."""
+        (step ``i`` of epoch ``epoch``); returns every loss term (detached 0-d float32 tensors on the CPU)."""
         cfg = self.cfg
-        batch = {
-            k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
-        }
+        batch = self.to_device(batch)
         g = epoch * self.iters + i
         dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
         with torch.autocast(self.device.type, dtype=dtype, enabled=cfg.amp != "off"):
             terms = (task or self.model)(batch, g / (cfg.epochs * self.iters))
-        self._check_finite(terms, epoch, i, g)
+        host = self._host_terms(terms, epoch, i, g)  # the step's one host sync; raises on a non-finite term
+        self.backward(terms["loss"])
+        self.optimizer_step()
+        if self.ema is not None:
+            self.ema.update(self.student)
+        return host
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch's tensors on the device, each moved once (``non_blocking``: asynchronous from pinned memory);
+        4-D ones (images) channels_last when ``cfg.channels_last``."""
+        out = dict(batch)
+        for k, v in batch.items():
+            if isinstance(v, Tensor):
+                fmt = (
+                    torch.channels_last if self.cfg.channels_last and v.dim() == 4 else torch.preserve_format
+                )
+                out[k] = v.to(self.device, non_blocking=True, memory_format=fmt)
+        return out
+
+    def backward(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
-        if cfg.optim.grad_clip > 0:
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self) -> None:
+        """Gradient clipping, the (scaled) optimizer step and the per-iteration LR schedule."""
+        if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.student)
-        return {k: v.detach().float() for k, v in terms.items()}
 
-    def _check_finite(self, terms: dict[str, Tensor], epoch: int, i: int, g: int) -> None:
+    def _host_terms(self, terms: dict[str, Tensor], epoch: int, i: int, g: int) -> dict[str, Tensor]:
+        """Every term as a 0-d float32 CPU tensor, copied in one transfer together with the any-rank non-finite
+        flag (reduced on the device under DDP); ``MtkdError`` naming the epoch, step and term when a term is not
+        finite on this rank or any other."""
         values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
-        bad_here = not bool(torch.isfinite(values).all())
-        if not D.any_rank(bad_here, self.device):
-            return
+        flag = (~torch.isfinite(values)).any().reshape(1).to(values.dtype)
+        if D.is_dist():
+            flag = D.all_reduce_mean(flag)  # > 0 on every rank when any rank has a non-finite term
+        host = torch.cat([values, flag]).cpu()
+        out = dict(zip(terms, host[:-1].unbind()))
+        if not host[-1] > 0:
+            return out
         where = f"epoch {epoch + 1} step {i + 1} (global {g + 1})"
-        if not bad_here:
+        names = [k for k, v in out.items() if not torch.isfinite(v)]
+        if not names:
             raise MtkdError(
                 f"non-finite loss at {where} on another rank; stopping, weights/last.pt is unchanged"
             )
-        names = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
         name = next((k for k in names if k != "loss"), names[0])
         raise MtkdError(
-            f"non-finite loss at {where}: term '{name}' = {terms[name].item()}; stopping, "
+            f"non-finite loss at {where}: term '{name}' = {out[name].item()}; stopping, "
             f"weights/last.pt keeps the last finite state (lower lr, check the data, or amp=off)"
         )
 
@@ -299,7 +334,7 @@ class Trainer:
                 self.resume_rng = None  # epoch-boundary resume: the per-epoch seed above is the state
             terms = self.run_step(batch, epoch, i)
             self.step = i + 1
-            self.last_terms = terms
+            self.last_terms = terms  # CPU tensors: reading them costs no device sync
             for k, v in terms.items():
                 self.meters[k] = self.meters.get(k, 0.0) + float(v)
             self.meters["_n"] = self.meters.get("_n", 0.0) + 1

@@ -66,8 +66,17 @@ def init_distributed(device: str) -> torch.device:
     return dev
 
 
-def cleanup() -> None:
+def cleanup(*, synchronize: bool = False) -> None:
+    """Destroy the process group (if any).
+
+    ``synchronize``: meet the other ranks at a barrier first (pass ``True`` after a run that ended normally on
+    every rank). Without it, a rank that tears gloo down while a peer still flushes its last collective can make
+    that peer abort at exit (``terminate called without an active exception``). Never synchronize after an
+    error: the other ranks may never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
