@@ -96,3 +96,39 @@ def test_benchmark_writes_ratios(tmp_path):
         assert all(v >= 0 for v in ph.values()) and ph["forward"] > 0 and ph["backward"] > 0
         assert sum(v for k, v in ph.items() if k != "total") == pytest.approx(ph["total"], rel=1e-3, abs=0.01)
     assert res["config"]["channels_last"] is False and res["config"]["compile"] is False
+
+
+def test_steady_rate_excludes_the_first_epoch():
+    from mtkd.engine.benchmark_ultralytics import steady_rate
+
+    assert steady_rate([(10.0, 100), (2.0, 100), (3.0, 100)]) == pytest.approx(200 / 5.0)
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        steady_rate([(1.0, 10)])
+
+
+def test_vs_ultralytics_refuses_one_epoch(tmp_path):
+    from mtkd.engine.benchmark import main
+    from mtkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--epochs: 1"):
+        main(["--vs-ultralytics", "--epochs", "1", "--out", str(tmp_path / "b.json")])
+
+
+@pytest.mark.slow
+def test_benchmark_vs_ultralytics_side_by_side(tmp_path, monkeypatch):
+    """Both trainers run on the same generated data; the ratio is mtkd's steady-state rate over Ultralytics'."""
+    from mtkd.data.shapes import make_shapes
+    from mtkd.engine.benchmark import main
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ul"))
+    data = make_shapes(tmp_path / "shapes", n_train=16, n_val=4, size=32, seed=0)
+    out = tmp_path / "vs.json"
+    args = ["--vs-ultralytics", "--epochs", "2", "--out", str(out), f"data={data}", "imgsz=32", "batch=8"]
+    assert main([*args, "workers=0"]) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["model"] == "yolov8n.yaml" and res["settings"]["epochs"] == 2
+    assert len(res["epochs_s"]["ultralytics"]) == 2 and len(res["epochs_s"]["mtkd"]) == 2
+    assert res["ultralytics_images_per_s"] == pytest.approx(16 / res["epochs_s"]["ultralytics"][1], rel=0.01)
+    assert res["mtkd_images_per_s"] == pytest.approx(16 / res["epochs_s"]["mtkd"][1], rel=0.01)
+    assert res["ratio"] == pytest.approx(res["mtkd_images_per_s"] / res["ultralytics_images_per_s"], rel=0.01)
+    assert 0 < res["seg_head_params"] < res["mtkd_params"]

@@ -57,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         "--loader-batches", type=int, default=8, help="batches read to time the dataloader (first one apart)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--vs-ultralytics",
+        action="store_true",
+        help="instead: train Ultralytics' detection trainer and mtkd (ultralytics adapter + seg head) on the same "
+        "data and settings and print the steady-state throughput ratio (mtkd.engine.benchmark_ultralytics)",
+    )
+    p.add_argument(
+        "--model-yaml", default="yolov8n.yaml", help="--vs-ultralytics: the Ultralytics model YAML"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=4, help="--vs-ultralytics: epochs per trainer (first excluded)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. batch=16)")
     return p
 
@@ -169,8 +181,9 @@ def _phase_breakdown(trainer: Any, tasks: dict[str, Any], batches: list, steps: 
     return out
 
 
-def _prepare(args: argparse.Namespace, tmp: Path) -> Any:
-    """Resolve the config: dataset present (or generated), teacher checkpoint present (or random)."""
+def _prepare(args: argparse.Namespace, tmp: Path, *, teacher: bool = True) -> Any:
+    """Resolve the config: dataset present (or generated: 64 training images, 256 with ``--vs-ultralytics``),
+    teacher checkpoint present (or random; none when ``teacher`` is false)."""
     from mtkd.config import load_config
     from mtkd.data.descriptor import load_data_yaml
     from mtkd.errors import DatasetError
@@ -191,7 +204,11 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> Any:
 
         print(f"benchmark: {cfg.data} not usable here; generating a small shapes set in {tmp}")
 
-        cfg = cfg.replace(data=str(make_shapes(tmp / "shapes", n_train=64, n_val=16, size=cfg.imgsz, seed=0)))
+        n_train = 256 if args.vs_ultralytics else 64
+        data = make_shapes(tmp / "shapes", n_train=n_train, n_val=16, size=cfg.imgsz, seed=0)
+        cfg = cfg.replace(data=str(data))
+    if not teacher:
+        return cfg.replace(teacher=None, student=None)
     teacher = args.teacher
     if teacher is None:
         from mtkd.checkpoint import save_model
@@ -303,11 +320,44 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+def run_vs_ultralytics(args: argparse.Namespace) -> dict[str, Any]:
+    """``--vs-ultralytics``: ``mtkd.engine.benchmark_ultralytics.side_by_side`` on the prepared config."""
+    from mtkd.engine.benchmark_ultralytics import side_by_side
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="mtkd-bench-") as d:
+        tmp = Path(d)
+        cfg = _prepare(args, tmp, teacher=False)
+        return side_by_side(cfg, model_yaml=args.model_yaml, epochs=args.epochs, tmp=tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    res = run_benchmark(args)
     from mtkd.utils.atomic import write_text
 
+    if args.vs_ultralytics:
+        if args.epochs < 2:
+            from mtkd.errors import ConfigError
+
+            raise ConfigError(
+                f"--epochs: {args.epochs}; the side-by-side needs >= 2 (the first one is excluded)"
+            )
+        res = run_vs_ultralytics(args)
+        write_text(args.out, json.dumps(res, indent=2) + "\n", what="benchmark JSON")
+        st = res["settings"]
+        print(
+            f"{st['model']} at {st['imgsz']} px, batch {st['batch']}, {st['workers']} workers, {st['device']}, "
+            f"{st['epochs']} epochs (first excluded)"
+        )
+        print(
+            f"Ultralytics detection trainer {res['ultralytics_images_per_s']:.1f} img/s | mtkd (+ seg head, "
+            f"{res['seg_head_params'] / 1e6:.2f}M of {res['mtkd_params'] / 1e6:.2f}M params) "
+            f"{res['mtkd_images_per_s']:.1f} img/s | ratio {res['ratio']:.3f}"
+        )
+        print(f"wrote {args.out}")
+        return 0
+    res = run_benchmark(args)
     write_text(
         args.out, json.dumps(res, indent=2) + "\n", what="benchmark JSON"
     )  # atomic: a failure keeps the old
