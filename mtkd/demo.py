@@ -6,7 +6,8 @@
 4. fine-tune the pruned student twice with the same epochs and seed: without a teacher
    (``configs/shapes_student.yaml``) and with distillation from the teacher (``configs/shapes_distill.yaml``);
 5. evaluate teacher / pruned / fine-tuned / distilled on the val split → ``{out}/metrics/*.json``;
-6. write ``{out}/report.html`` + ``report.md`` and print a summary table.
+6. write ``{out}/report.html`` + ``report.md`` (the four checkpoints' latencies re-timed together, interleaved:
+   ``{out}/latency.json``) and print a summary table.
 
 Every step is the same public command a user runs (train, prune, eval, report), called in-process.
 """
@@ -69,7 +70,12 @@ def _run(command: str, argv: list[str]) -> None:
         raise MtkdError(f"step failed (exit {rc}): mtkd {command} {' '.join(argv)}")
 
 
-def _summary(metrics_dir: Path) -> list[dict]:
+def _summary(metrics_dir: Path, latency_json: Path | None = None) -> list[dict]:
+    """One row per model; latency from the report's interleaved timing (``latency.json``) when there is one."""
+    timed: dict[str, dict] = {}
+    if latency_json is not None and latency_json.is_file():
+        lat = json.loads(latency_json.read_text())
+        timed = {Path(src).stem: lat["models"][n] for n, src in lat.get("inputs", {}).items()}
     rows = []
     for name in MODELS:
         m = json.loads((metrics_dir / f"{name}.json").read_text())
@@ -80,7 +86,7 @@ def _summary(metrics_dir: Path) -> list[dict]:
                 "mAP50_95": m["det"]["mAP50_95"],
                 "mIoU": m["seg"]["mIoU"],
                 "params": m["model"]["params"],
-                "latency_ms": (m.get("speed") or {}).get("latency_ms_p50"),
+                "latency_ms": (timed.get(name) or m.get("speed") or {}).get("latency_ms_p50"),
             }
         )
     return rows
@@ -201,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                 str(out / "predictions" / name),
             ],
         )
-    _run("report", [*(str(metrics_dir / f"{m}.json") for m in MODELS), "--out", str(out)])
+    _run(
+        "report",
+        [*(str(metrics_dir / f"{m}.json") for m in MODELS), "--out", str(out), "--measure-latency"],
+    )
 
-    rows = _summary(metrics_dir)
+    rows = _summary(metrics_dir, out / "latency.json")
     _print_summary(rows)
     ft, kd = rows[2], rows[3]
     print(

@@ -53,7 +53,25 @@ def _parser() -> argparse.ArgumentParser:
         "--samples", type=int, default=4, help="sample overlays with --save-predictions (default: 4)"
     )
     p.add_argument("--no-speed", action="store_true", help="skip latency/throughput measurement")
-    p.add_argument("--speed-iters", type=int, default=30, help="timed passes for latency (default: 30)")
+    p.add_argument(
+        "--speed-iters",
+        type=int,
+        default=30,
+        help="timed passes of a stable latency measurement, in 3 rounds (default: 30)",
+    )
+    p.add_argument(
+        "--speed-tol",
+        type=float,
+        default=0.05,
+        help="latency is timed in rounds until the last 3 round medians agree within this fraction "
+        "(default: 0.05)",
+    )
+    p.add_argument(
+        "--speed-budget",
+        type=float,
+        default=30.0,
+        help="seconds after which latency rounds stop even if not stable (reported; default: 30)",
+    )
     p.add_argument("--name", help="model name in the JSON/report (default: from the run or file name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_trust_code_argument(p)
@@ -121,6 +139,20 @@ def format_table(m: dict[str, Any]) -> str:
                 f" (batch 1, {speed.get('imgsz')} px)",
             )
         )
+        if speed.get("latency_rounds"):
+            spread = speed.get("latency_round_spread")
+            rows.append(
+                (
+                    "latency run-to-run spread",
+                    ("-" if spread is None else f"{100 * spread:.1f}%")
+                    + f" over {speed['latency_rounds']} rounds"
+                    + (
+                        " (stable)"
+                        if speed.get("latency_stable")
+                        else f" (NOT stable: {speed.get('latency_stop')})"
+                    ),
+                )
+            )
         if "throughput_ips" in speed:
             rows.append(
                 ("throughput (img/s)", f"{speed['throughput_ips']:.1f} (batch {speed['throughput_batch']})")
@@ -178,6 +210,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if v < lo:
             raise ConfigError(f"{flag}: expected an integer >= {lo}, got {v}")
+    if not args.speed_tol >= 0 or not args.speed_budget >= 0:
+        raise ConfigError(
+            f"--speed-tol/--speed-budget: expected values >= 0, got {args.speed_tol}/{args.speed_budget}"
+        )
     if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1:
         raise ConfigError(f"--conf/--iou: expected values in [0, 1], got {args.conf}/{args.iou}")
     try:
@@ -222,7 +258,15 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model_info}
     out.update({k: v for k, v in metrics.items() if k != "data"})
     if not args.no_speed:
-        speed = measure_latency(model, imgsz, device=device, batch=1, iters=args.speed_iters)
+        speed = measure_latency(
+            model,
+            imgsz,
+            device=device,
+            batch=1,
+            iters=args.speed_iters,
+            rel_tol=args.speed_tol,
+            budget_s=args.speed_budget,
+        )
         speed.update(
             measure_throughput(
                 model, imgsz, device=device, batch=args.batch, iters=max(1, args.speed_iters // 3)

@@ -57,7 +57,7 @@ h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:1.6em;border-b
 table{border-collapse:collapse;margin:.6em 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
-.delta{color:#666;font-size:12px}
+.delta{color:#666;font-size:12px}.warn{color:#b00000}
 .row{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0 0 .8em 0}
 figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:12px;color:#555;text-align:center}
 code{background:#f5f5f5;padding:0 3px}
@@ -72,11 +72,13 @@ def _inline_md_to_html(text: str) -> str:
 
 
 def _cell_html(text: str) -> str:
-    """A table cell; a trailing ``(delta)`` is set in a muted span."""
-    m = re.fullmatch(r"(.*) \(([+-][^()]*)\)", text)
+    """A table cell; a trailing ``(delta)`` is set in a muted span, a trailing ``(unreliable [n])`` or
+    ``(not comparable [n])`` flag in a warning one."""
+    m = re.fullmatch(r"(.*) \(((?:[+-]|≈|unreliable|not comparable)[^()]*)\)", text)
     if not m:
         return _inline_md_to_html(text)
-    return f'{_inline_md_to_html(m.group(1))} <span class="delta">({html.escape(m.group(2))})</span>'
+    cls = "delta warn" if m.group(2).startswith(("unreliable", "not comparable")) else "delta"
+    return f'{_inline_md_to_html(m.group(1))} <span class="{cls}">({html.escape(m.group(2))})</span>'
 
 
 def to_html(doc: Document) -> str:

@@ -60,7 +60,8 @@ NUMBERS = {
             "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large", "images", "instances"),
     "seg": ("mIoU", "pixel_acc", "mAcc", "pixels"),
     "speed": ("latency_ms_p50", "latency_ms_p90", "latency_ms_mean", "throughput_ips", "throughput_batch",
-              "threads", "batch"),
+              "threads", "batch", "latency_ms_iqr", "latency_round_spread", "latency_rounds", "latency_samples",
+              "latency_passes_per_round", "latency_rel_tol"),
     "data": ("images",),
 }  # fmt: skip
 PER_CLASS = {"det": ("per_class_AP50_95", "per_class_AP50"), "seg": ("per_class_IoU",)}
@@ -132,6 +133,11 @@ def check_metrics(m: dict[str, Any], path: Path | str) -> None:
     if absent is not None and not (isinstance(absent, list) and all(isinstance(a, str) for a in absent)):
         raise ConfigError(
             f"{path}: field 'seg.absent_classes': expected a list of class names, got {_shown(absent)}"
+        )
+    rounds = (m.get("speed") or {}).get("latency_round_ms")
+    if rounds is not None and not (isinstance(rounds, list) and all(_is_number(x) for x in rounds)):
+        raise ConfigError(
+            f"{path}: field 'speed.latency_round_ms': expected a list of numbers, got {_shown(rounds)}"
         )
     pred = (m.get("artifacts") or {}).get("predictions_dir")
     if pred is not None and not isinstance(pred, str):

@@ -1,6 +1,7 @@
 """``mtkd report`` / ``tools/report.py``: compare models in a Markdown + self-contained HTML report.
 
     tools/report.py METRICS_OR_RUN [METRICS_OR_RUN ...] --out DIR [--title T] [--max-samples N]
+                    [--measure-latency [--device D] [--imgsz S] [--speed-budget SECONDS]]
 
 Inputs are metrics JSON files (``mtkd eval --out``) and/or run directories (``results.csv``, ``config.yaml``,
 optionally ``metrics.json``, else the metrics stored in ``weights/best.pt``); the **first** is the baseline
@@ -12,6 +13,13 @@ delta), per-class AP and IoU (tables + bar charts), training curves (every colum
 segmentation confusion matrices (row-normalized), sample predictions side by side (the overlays that
 ``mtkd eval --save-predictions DIR`` writes to ``DIR/samples``; the metrics JSON links them via
 ``artifacts.predictions_dir``), and the metric definitions.
+
+Latency figures are checked before they are compared (``mtkd.report.latency``): an unreliable latency (p90/p50
+or run-to-run spread too high, or same-architecture models that differ by more than the measured noise) gets
+``unreliable [n]`` instead of a delta, a difference within the noise ``≈ within noise [n]``, with the reason
+in note ``[n]`` under the summary. ``--measure-latency`` re-times every entry's checkpoint in this process,
+interleaved round by round (``mtkd.report.remeasure``), uses those figures, and writes them to
+``DIR/latency.json``.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mtkd.errors import OutputError
+from mtkd.errors import ConfigError, OutputError
 from mtkd.report import plots
 from mtkd.report.document import Document, Image, to_html, to_markdown
 from mtkd.report.inputs import ReportEntry, load_entries
+from mtkd.report.latency import DEFINITION as LATENCY_FLAGS
+from mtkd.report.latency import LatencyCheck
 from mtkd.utils.atomic import ensure_parent, write_text
 
 METRIC_DEFINITIONS = [
@@ -38,10 +48,13 @@ METRIC_DEFINITIONS = [
     "pixels excluded), IoU = TP / (TP + FP + FN) per class; a class absent from both the ground truth and the "
     "predictions is left out of the mean (listed as absent). **Pixel accuracy** = correct / labeled pixels.",
     "**Latency**: p50 / p90 wall time of one forward pass at batch 1 after warm-up (no pre/post-processing), "
-    "on the device and CPU thread count shown. **FLOPs**: one forward pass at batch 1 counted by "
+    "on the device and CPU thread count shown, timed in rounds until the medians of the last 3 rounds agree "
+    "within 5% (or a time budget runs out: *not stable*); p50/p90 are over those last rounds. Models timed "
+    "together (`mtkd report --measure-latency`) run interleaved, round by round. **FLOPs**: one forward pass at batch 1 counted by "
     "`torch.utils.flop_counter` (a multiply-add counts 2). **Size**: checkpoint file size in MiB.",
     "Accuracy values are percentages; deltas are percentage points vs the baseline (first input); other "
     "deltas are absolute and relative. `-` means undefined (e.g. no ground truth for that class or bucket).",
+    LATENCY_FLAGS,
 ]
 
 # (column, getter, kind): kind "pct" → shown in %, delta in points; "num" → value, delta abs + relative
@@ -54,6 +67,7 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("GFLOPs", lambda m: _scaled((m.get("model") or {}).get("flops"), 1e-9), "num"),
     ("size (MiB)", lambda m: (m.get("model") or {}).get("size_mb"), "num"),
 ]
+SPEED_KEYS = {"latency p50 (ms)": "latency_ms_p50"}  # summary columns the latency check may flag
 
 
 # rows of the "All metrics" table: (label, section, key, kind)
@@ -88,6 +102,39 @@ def fmt_cell(v: float | None, base: float | None, kind: str, is_baseline: bool) 
         return f"{s} ({100 * d:+.2f})"
     rel = f", {100 * d / base:+.1f}%" if base else ""
     return f"{s} ({d:+.3f}{rel})"
+
+
+def _speed_cell(check: LatencyCheck, j: int, key: str | None, v: Any, base: Any, kind: str) -> str:
+    """``fmt_cell``, unless the latency check flags this speed figure (unreliable, within noise, ...)."""
+    flagged = check.cell(j, key, fmt_value(v, kind)) if key and v is not None else None
+    return flagged or fmt_cell(v, base, kind, j == 0)
+
+
+def _speed_section(doc: Document, entries: list[ReportEntry], check: LatencyCheck) -> None:
+    """The notes the flagged latency cells refer to, and how each model's speed was measured."""
+    notes = check.notes()
+    if notes:
+        doc.para(
+            "**Latency notes** (a flagged latency is not a measurement to act on: time the models together "
+            "with `mtkd report ... --measure-latency` on an otherwise idle machine):"
+        )
+        doc.bullets(notes)
+    speeds = [(j, e.name, e.metrics["speed"]) for j, e in enumerate(entries) if e.metrics.get("speed")]
+    if speeds:
+        doc.para(
+            "Speed measured on: "
+            + "; ".join(
+                f"{n}: {s.get('device')}, {s.get('threads')} threads, {s.get('imgsz')} px, p90 "
+                f"{fmt_value(s.get('latency_ms_p90'), 'num')} ms ({check.measured_text(j)})"
+                + (
+                    f", {s['throughput_ips']:.1f} img/s at batch {s.get('throughput_batch')}"
+                    if s.get("throughput_ips")
+                    else ""
+                )
+                for j, n, s in speeds
+            )
+            + "."
+        )
 
 
 def _per_class(entries: list[ReportEntry], task: str, key: str) -> dict[str, dict[str, float | None]]:
@@ -195,33 +242,26 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
     if len(data) > 1:
         doc.para("**Warning**: the models were evaluated on different data; deltas are not comparable.")
     doc.heading("Summary")
+    check = LatencyCheck([(e.name, e.metrics) for e in entries])
     rows = []
     for j, e in enumerate(entries):
         rows.append(
-            [e.name] + [fmt_cell(get(e.metrics), get(base.metrics), kind, j == 0) for _, get, kind in SUMMARY]
+            [e.name]
+            + [
+                _speed_cell(check, j, SPEED_KEYS.get(col), get(e.metrics), get(base.metrics), kind)
+                for col, get, kind in SUMMARY
+            ]
         )
     doc.table(["model"] + [c for c, _, _ in SUMMARY], rows)
-    speeds = [(e.name, e.metrics["speed"]) for e in entries if e.metrics.get("speed")]
-    if speeds:
-        doc.para(
-            "Speed measured on: "
-            + "; ".join(
-                f"{n}: {s.get('device')}, {s.get('threads')} threads, {s.get('imgsz')} px, p90 "
-                f"{fmt_value(s.get('latency_ms_p90'), 'num')} ms"
-                + (
-                    f", {s['throughput_ips']:.1f} img/s at batch {s.get('throughput_batch')}"
-                    if s.get("throughput_ips")
-                    else ""
-                )
-                for n, s in speeds
-            )
-            + "."
-        )
-    detail = []
+    detail = []  # built before the latency notes are written: its cells may add notes
     for label, sec, key, kind in DETAIL:
         vals = [(e.metrics.get(sec) or {}).get(key) for e in entries]
         if any(v is not None for v in vals):
-            detail.append([label] + [fmt_cell(v, vals[0], kind, j == 0) for j, v in enumerate(vals)])
+            speed_key = key if sec == "speed" else None
+            detail.append(
+                [label] + [_speed_cell(check, j, speed_key, v, vals[0], kind) for j, v in enumerate(vals)]
+            )
+    _speed_section(doc, entries, check)
     if detail:
         doc.heading("All metrics")
         doc.table(["metric"] + [e.name for e in entries], detail)
@@ -285,6 +325,15 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
     return doc
 
 
+def _check_out_dir(out: Path) -> None:
+    """Create ``out``; ``OutputError`` (one line) when it is a file or cannot be written to."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: the report output is an existing file; expected a folder")
+    ensure_parent(out / "report.md", "report")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: cannot write the report there (permission denied)")
+
+
 def write_report(
     entries: list[ReportEntry], out_dir: str | Path, *, title: str = "mtkd report", max_samples: int = 4
 ) -> tuple[Path, Path]:
@@ -296,17 +345,15 @@ def write_report(
     out = Path(out_dir)
     doc = build_document(entries, title, max_samples)
     md, html = out / "report.md", out / "report.html"
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: the report output is an existing file; expected a folder")
-    ensure_parent(md, "report")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: cannot write the report there (permission denied)")
+    _check_out_dir(out)
     write_text(md, to_markdown(doc, out), what="Markdown report")
     write_text(html, to_html(doc), what="HTML report")
     return md, html
 
 
 def main(argv: list[str]) -> int:
+    from mtkd.models.trust import add_trust_code_argument, trust_from_args
+
     p = argparse.ArgumentParser(
         prog="mtkd report", description="HTML + Markdown report comparing models (first input = baseline)."
     )
@@ -316,9 +363,44 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output folder (report.md, report.html, PNGs)")
     p.add_argument("--title", default="mtkd report")
     p.add_argument("--max-samples", type=int, default=4, help="sample images shown (default: 4)")
-    args = p.parse_args(argv)
-    md, html = write_report(
-        load_entries(args.inputs), args.out, title=args.title, max_samples=args.max_samples
+    p.add_argument(
+        "--measure-latency",
+        action="store_true",
+        help="re-time every model's checkpoint here, interleaved round by round, and report those "
+        "latencies (also written to DIR/latency.json)",
     )
+    p.add_argument(
+        "--device", help="with --measure-latency: where to time (default: as recorded by eval, else cpu)"
+    )
+    p.add_argument("--imgsz", type=int, help="with --measure-latency: input size (default: as recorded)")
+    p.add_argument(
+        "--speed-budget",
+        type=float,
+        help="with --measure-latency: seconds after which timing rounds stop (default: 30 per model)",
+    )
+    add_trust_code_argument(p)
+    args = p.parse_args(argv)
+    entries = load_entries(args.inputs)
+    speeds = None
+    if args.measure_latency:
+        from mtkd.report.remeasure import remeasure_latency
+
+        _check_out_dir(Path(args.out))  # fail before a long measurement
+        speeds = remeasure_latency(
+            entries,
+            device=args.device,
+            imgsz=args.imgsz,
+            trust_code=trust_from_args(args.trust_code),
+            budget_s=args.speed_budget,
+        )
+    elif args.device or args.imgsz or args.speed_budget is not None:
+        raise ConfigError("--device, --imgsz and --speed-budget only apply with --measure-latency")
+    md, html = write_report(entries, args.out, title=args.title, max_samples=args.max_samples)
+    if speeds is not None:
+        from mtkd.report.remeasure import write_latency_json
+
+        print(
+            f"latency (interleaved) written to {write_latency_json(Path(args.out) / 'latency.json', speeds, entries)}"
+        )
     print(f"report written to {html} and {md}")
     return 0

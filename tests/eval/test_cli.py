@@ -166,8 +166,12 @@ def test_benchmark_out_failed_write_keeps_the_previous_results(tmp_path, monkeyp
         "ms": {"student_step": 1.0, "teacher_forward": 1.0, "kd_step": 2.0},
         "kd_overhead_ratio": 1.0,
         "kd_vs_student": 2.0,
+        "train_images_per_s": 1.0,
+        "kd_images_per_s": 1.0,
         "dataloader_images_per_s": 1.0,
+        "dataloader_workers": 0,
         "eval_images_per_s": 1.0,
+        "phases_ms": {"student_step": {"total": 1.0}},
         "pad": "x" * 200_000,
     }
     monkeypatch.setattr(bench, "run_benchmark", lambda args: res)
