@@ -23,23 +23,25 @@ from mtkd.errors import DatasetError
 
 @dataclass
 class SplitStats:
-    """Counts of one split: images, images without boxes, boxes per det class, pixels per mask value (0..255)."""
+    """Counts of one split: images, images without boxes, boxes per det class, pixels per mask value (0..255) of
+    each seg task."""
 
     nc_det: int
     images: int = 0
     empty: int = 0
     boxes: np.ndarray = field(init=False)
-    pixels: np.ndarray = field(init=False)
+    pixels: dict[str, np.ndarray] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.boxes = np.zeros(self.nc_det, np.int64)
-        self.pixels = np.zeros(256, np.int64)
 
     def add(self, sample: RawSample) -> None:
         self.images += 1
         self.empty += int(len(sample.labels) == 0)
         self.boxes += np.bincount(sample.labels, minlength=self.nc_det)
-        self.pixels += np.bincount(sample.mask.ravel(), minlength=256)
+        for task, mask in sample.masks.items():
+            counts = np.bincount(mask.ravel(), minlength=256)
+            self.pixels[task] = self.pixels[task] + counts if task in self.pixels else counts
 
 
 @dataclass
@@ -55,18 +57,25 @@ class CheckReport:
         return not self.problems
 
     def summary(self) -> str:
-        """Two small tables: images and boxes per class; pixel share (%) per seg class (+ ignore)."""
-        det, seg = self.spec.det_names, self.spec.seg_names
+        """Small tables: images and boxes per class; pixel share (%) per seg class (+ ignore), one per seg task."""
+        det = self.spec.det_names
         rows = [["split", "images", "no boxes", "boxes", *det]]
         for s, st in self.stats.items():
             rows.append([s, st.images, st.empty, int(st.boxes.sum()), *map(int, st.boxes)])
-        lines = _table(rows) + ["", "pixel share per seg class (%):"]
-        rows = [["split", *seg, f"ignore({self.spec.ignore_index})"]]
-        for s, st in self.stats.items():
-            total = max(int(st.pixels.sum()), 1)
-            share = [*st.pixels[: len(seg)], st.pixels[self.spec.ignore_index]]
-            rows.append([s, *(f"{100 * v / total:.2f}" for v in share)])
-        return "\n".join(lines + _table(rows))
+        lines = _table(rows)
+        for task in self.spec.seg_tasks.values():
+            title = "pixel share per seg class (%)" + (
+                f" of task '{task.name}'" if self.spec.multi_seg else ""
+            )
+            lines += ["", f"{title}:"]
+            rows = [["split", *task.names, f"ignore({self.spec.ignore_index})"]]
+            for s, st in self.stats.items():
+                px = st.pixels.get(task.name, np.zeros(256, np.int64))
+                total = max(int(px.sum()), 1)
+                share = [*px[: task.nc], px[self.spec.ignore_index]]
+                rows.append([s, *(f"{100 * v / total:.2f}" for v in share)])
+            lines += _table(rows)
+        return "\n".join(lines)
 
 
 def _table(rows: list[list]) -> list[str]:

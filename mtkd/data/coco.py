@@ -315,7 +315,7 @@ def load_sample(
     xywh = np.asarray([a["bbox"] for a in dets], np.float32).reshape(-1, 4)
     boxes = clip_boxes(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1), img.width, img.height)
     labels = np.asarray([a["_det"] for a in dets], np.int64)
-    return RawSample(image, mask, boxes, labels, image_path), problems
+    return RawSample(image, {"seg": mask}, boxes, labels, image_path), problems
 
 
 class CocoSource:
@@ -334,7 +334,7 @@ class CocoSource:
             p.annotations.with_name(p.annotations.stem + SUFFIX),
             spec,
             [im.file_name for im in self.images],
-            [(p.images / im.file_name, self._mask_path(im), None) for im in self.images],
+            [(p.images / im.file_name, _optional(self._mask_path(im)), ()) for im in self.images],
             self._validate,
             shared=(p.annotations,),
             what=f"split '{split}' of {spec.yaml_path}",
@@ -357,7 +357,7 @@ class CocoSource:
             self.index,
             index,
             self.paths_.images / img.file_name,
-            self._mask_path(img),
+            None if (m := self._mask_path(img)) is None else {"seg": m},
             lambda: rasterise(img, self.spec.ignore_index),
         )
         if sample is None:
@@ -369,3 +369,7 @@ class CocoSource:
     @property
     def paths(self) -> list[Path]:
         return [self.paths_.images / im.file_name for im in self.images]
+
+
+def _optional(path: Path | None) -> tuple[Path, ...]:
+    return () if path is None else (path,)

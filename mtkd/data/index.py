@@ -14,7 +14,7 @@ Cache file (yolo_mask: ``<root>/labels/<split folder>.mtkd.npz``; coco: the anno
 - ``meta``: 0-d str, JSON ``{"kind": "mtkd-sample-index", "version": 1, "key": ..., "digest": ...}``;
 - per sample: ``names`` str ``[N]`` (image file names, reader order); ``keys`` bytes ``[N]``; ``state`` uint8
   ``[N]`` (0 valid, 1 has problems, 2 not trusted yet); ``hw`` int32 ``[N, 2]`` (image height, width);
-  ``fast`` uint8 ``[N]`` (bit 1: image, bit 2: mask decoded identically by OpenCV); ``offsets`` int64
+  ``fast`` uint8 ``[N]`` (bit 1: image, bit 2: every mask decoded identically by OpenCV); ``offsets`` int64
   ``[N + 1]`` (sample ``i`` owns ``boxes[offsets[i]:offsets[i + 1]]``); ``boxes`` float32 ``[M, 4]`` xyxy
   pixels; ``labels`` int64 ``[M]``.
 
@@ -115,7 +115,7 @@ def index_split(
     cache: Path,
     spec: DataSpec,
     names: Sequence[str],
-    files: Sequence[tuple[Path, Path | None, Path | None]],
+    files: Sequence[tuple[Path, tuple[Path, ...], tuple[Path, ...]]],
     load: Loader,
     *,
     shared: Sequence[Path] = (),
@@ -126,13 +126,14 @@ def index_split(
     Args:
         cache: the cache file.
         names: one name per sample (its image file name), in the reader's order.
-        files: per sample ``(image, mask or None when the reader makes the mask, another file or None)``.
+        files: per sample ``(image, its mask files (one per seg task; none when the reader makes the mask), the
+            other files it is read from)``.
         load: ``load(i) -> (sample or None, problems)``, the reader's validating read of sample ``i``.
         shared: files every sample depends on (coco: the annotations JSON).
         what: the split, for messages.
     """
     horizon = time.time_ns() - int(RACY_S * 1e9)
-    stats = [[_stat(p) for p in group if p is not None] for group in files]
+    stats = [[_stat(p) for p in (image, *masks, *others)] for image, masks, others in files]
     shared_stats = [_stat(p) for p in shared]
     keys = np.asarray([_sample_key(n, st) for n, st in zip(names, stats)], dtype="S32")
     shared_racy = any(s[2] > horizon for s in shared_stats)
@@ -164,25 +165,28 @@ def read_indexed(
     index: SampleIndex,
     i: int,
     image: Path,
-    mask: Path | None,
+    masks: dict[str, Path] | None,
     make_mask: Callable[[], np.ndarray] | None = None,
 ) -> RawSample | None:
     """Sample ``i`` from its decoded files and the index; ``None`` when it is not valid in the index or its files
-    disagree with it (the caller then reads it the validating way). ``make_mask`` when ``mask`` is ``None``."""
+    disagree with it (the caller then reads it the validating way). ``masks``: seg task -> mask file;
+    ``make_mask`` (the single task's mask) when ``masks`` is ``None``."""
     if index.state[i] != VALID:
         return None
     hw, fast = (int(index.hw[i, 0]), int(index.hw[i, 1])), int(index.fast[i])
     pixels = cv2_read(image) if fast & FAST_IMAGE else read_image(image)[0]
     if pixels is None or pixels.shape != (*hw, 3):
         return None
-    if mask is None:
-        ids = make_mask() if make_mask is not None else None
+    if masks is None:
+        decoded = {"seg": make_mask() if make_mask is not None else None}
     else:
-        ids = cv2_read(mask, mask=True) if fast & FAST_MASK else read_mask(mask)[0]
-    if ids is None or ids.shape != hw:
+        decoded = {
+            t: cv2_read(p, mask=True) if fast & FAST_MASK else read_mask(p)[0] for t, p in masks.items()
+        }
+    if any(ids is None or ids.shape != hw for ids in decoded.values()):
         return None
     o0, o1 = index.offsets[i], index.offsets[i + 1]
-    return RawSample(pixels, ids, index.boxes[o0:o1].copy(), index.labels[o0:o1].copy(), image)
+    return RawSample(pixels, decoded, index.boxes[o0:o1].copy(), index.labels[o0:o1].copy(), image)
 
 
 def _stat(path: Path) -> tuple[str, int, int]:
@@ -206,7 +210,7 @@ def _head_key(spec: DataSpec, shared: list) -> str:
         ImageFile.LOAD_TRUNCATED_IMAGES,
         BOX_EPS,
         spec.det_names,
-        spec.seg_names,
+        [[t.name, t.names, t.lines] for t in spec.seg_tasks.values()],
         spec.ignore_index,
         shared,
     ]
@@ -218,7 +222,7 @@ def _sample_key(name: str, stats: list) -> bytes:
     return hashlib.sha256(json.dumps([name, stats]).encode()).hexdigest()[:32].encode()
 
 
-def _entry(load: Loader, files: tuple[Path, Path | None, Path | None], i: int) -> Entry:
+def _entry(load: Loader, files: tuple[Path, tuple[Path, ...], tuple[Path, ...]], i: int) -> Entry:
     none = (PROBLEM, *_UNTRUSTED[1:])
     try:
         sample, problems = load(i)
@@ -229,9 +233,12 @@ def _entry(load: Loader, files: tuple[Path, Path | None, Path | None], i: int) -
     fast = 0
     got = cv2_read(files[0])
     fast |= FAST_IMAGE if got is not None and np.array_equal(got, sample.image) else 0
-    if files[1] is not None:
-        got = cv2_read(files[1], mask=True)
-        fast |= FAST_MASK if got is not None and np.array_equal(got, sample.mask) else 0
+    if files[1]:  # every task's mask decoded identically by OpenCV (masks in the sample's task order)
+        same = [
+            got is not None and np.array_equal(got, ref)
+            for got, ref in zip((cv2_read(p, mask=True) for p in files[1]), sample.masks.values())
+        ]
+        fast |= FAST_MASK if all(same) and len(same) == len(sample.masks) else 0
     h, w = sample.image.shape[:2]
     return VALID, (h, w), fast, sample.boxes, sample.labels
 

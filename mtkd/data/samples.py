@@ -62,17 +62,27 @@ class RawSample:
 
     Attributes:
         image: uint8 ``[H, W, 3]`` RGB.
-        mask: uint8 ``[H, W]`` seg class ids, ``ignore_index`` where unlabeled.
+        masks: seg task -> uint8 ``[H, W]`` class ids, ``ignore_index`` where unlabeled (``{"seg": mask}`` for a
+            single-task dataset), in the descriptor's task order.
         boxes: float32 ``[n, 4]`` xyxy in pixels of ``image``, clipped to the image.
         labels: int64 ``[n]`` det class ids.
         path: the image file.
     """
 
     image: np.ndarray
-    mask: np.ndarray
+    masks: dict[str, np.ndarray]
     boxes: np.ndarray
     labels: np.ndarray
     path: Path
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The mask of a single-task sample (``ValueError`` for a sample with several tasks: use ``masks``)."""
+        if len(self.masks) != 1:
+            raise ValueError(
+                f"{self.path}: the sample has seg tasks {', '.join(self.masks)}; use .masks[task]"
+            )
+        return next(iter(self.masks.values()))
 
 
 def pil_open(path: Path):

@@ -16,6 +16,11 @@ exactly; an object with fewer than ``12 * (size/128)^2`` visible pixels or less 
 visible is removed before painting (it appears in neither the image, the mask nor the labels). There is no
 ignore band: every pixel is labeled (``ignore_index`` 255 appears only in letterbox padding).
 
+Two-task variant (``--seg-tasks``, the YOLOP/BDD100K way): the same images and boxes, with two segmentation
+tasks instead of one, written as ``masks/<task>/<split>/``: ``drivable`` (``[background, drivable]``: the road
+band where no object covers it) and ``lane`` (``[background, lane]``: the painted lane markings, thin strokes on
+the drivable region, where no object covers them). The tasks overlap, so they cannot be one mask.
+
 Deterministic: image ``i`` of split ``s`` uses ``numpy.random.default_rng([seed, s, i])`` and is written as PNG
 by PIL, so the same arguments give byte-identical files. Every file goes through ``mtkd.utils.atomic``; a folder
 that cannot be written is a one-line ``OutputError`` naming it.
@@ -153,8 +158,9 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, size: int) -> None:
             img[_fill(blob, size)] = (grey, grey, grey)
 
 
-def _road(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
-    """Paint a perspective road band with lane markings in place; return its bool mask ``[size, size]``."""
+def _road(rng: np.random.Generator, img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a perspective road band with lane markings in place; return the bool masks ``[size, size]`` of the
+    road and of its painted markings."""
     import cv2
 
     horizon, vx = rng.uniform(0.25, 0.6) * size, rng.uniform(0.25, 0.75) * size
@@ -178,7 +184,7 @@ def _road(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
         )
     paint = road & lanes.astype(bool)
     img[paint] = (235, 235, 235) if rng.random() < 0.6 else (230, 200, 60)
-    return road
+    return road, paint
 
 
 #: typical hue of each det class (HSV hue in [0, 1)); most objects of a class have a hue near it, so colour is
@@ -221,16 +227,20 @@ def _paint_object(
 
 def render(
     rng: np.random.Generator, size: int
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One sample: uint8 image ``[S, S, 3]``, uint8 mask ``[S, S]``, list of ``(det class, xyxy int box)``."""
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray]], np.ndarray]:
+    """One sample: uint8 image ``[S, S, 3]``, uint8 mask ``[S, S]``, list of ``(det class, xyxy int box)``, and
+    the bool ``[S, S]`` lane markings not covered by an object (the two-task variant's ``lane`` task; the
+    drivable task is ``mask == ROAD``)."""
     import cv2
 
     yy, xx = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size
     img = _background(rng, size)
     _clutter(rng, img, size)
     mask = np.zeros((size, size), np.uint8)
+    lane = np.zeros((size, size), bool)
     if rng.random() < 0.7:
-        mask[_road(rng, img, size)] = ROAD
+        road, lane = _road(rng, img, size)
+        mask[road] = ROAD
 
     n = 0 if rng.random() < 0.05 else int(rng.integers(1, 7))
     min_d, max_d = max(7.0, 0.06 * size), 0.5 * size
@@ -256,6 +266,7 @@ def render(
         pix = inst == i
         _paint_object(rng, img, pix, xx, yy, objects[i][0])
         mask[pix] = 2 + objects[i][0]
+        lane[pix] = False
         ys, xs = np.nonzero(pix)
         boxes.append((objects[i][0], np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])))
 
@@ -264,17 +275,25 @@ def render(
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (3, 3), 0.7)
     img += rng.normal(0, rng.uniform(2, 12), img.shape).astype(np.float32)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8), mask, boxes
+    return np.clip(np.round(img), 0, 255).astype(np.uint8), mask, boxes, lane
 
 
-def _yaml_text(n_train: int, n_val: int, size: int, seed: int) -> str:
+def _yaml_text(n_train: int, n_val: int, size: int, seed: int, seg_tasks: bool = False) -> str:
+    flag = " --seg-tasks" if seg_tasks else ""
+    if seg_tasks:
+        seg = (
+            "# two overlapping seg tasks (YOLOP style): the drivable road, and the lane markings on it\n"
+            "seg_tasks:\n  drivable: [background, drivable]\n  lane: [background, lane]\n"
+        )
+    else:
+        seg = f"seg_names: [{', '.join(SEG_NAMES)}]\n"
     return (
         f"{MARKER} (deterministic: same arguments, same bytes)\n"
         f"# regenerate: python tools/make_shapes.py --out <this folder> --n-train {n_train} --n-val {n_val} "
-        f"--size {size} --seed {seed}\n"
+        f"--size {size} --seed {seed}{flag}\n"
         "# road is a stuff class: segmentation only, no boxes. No ignore band (255 only in padding).\n"
         "path: .\nformat: yolo_mask\ntrain: train\nval: val\n"
-        f"det_names: [{', '.join(DET_NAMES)}]\nseg_names: [{', '.join(SEG_NAMES)}]\nignore_index: 255\n"
+        f"det_names: [{', '.join(DET_NAMES)}]\n{seg}ignore_index: 255\n"
     )
 
 
@@ -305,9 +324,16 @@ def _prepare(out: Path) -> None:
 
 
 def make_shapes(
-    out_dir: str | Path, *, n_train: int = 500, n_val: int = 120, size: int = 128, seed: int = 0
+    out_dir: str | Path,
+    *,
+    n_train: int = 500,
+    n_val: int = 120,
+    size: int = 128,
+    seed: int = 0,
+    seg_tasks: bool = False,
 ) -> Path:
-    """Write the dataset to ``out_dir`` (yolo_mask layout + ``data.yaml``) and return the ``data.yaml`` path."""
+    """Write the dataset to ``out_dir`` (yolo_mask layout + ``data.yaml``) and return the ``data.yaml`` path.
+    ``seg_tasks``: the two-task variant (``drivable`` + ``lane`` masks under ``masks/<task>/``)."""
     from PIL import Image
 
     for name, value, low in (("--n-train", n_train, 1), ("--n-val", n_val, 1), ("--size", size, 32)):
@@ -317,9 +343,17 @@ def make_shapes(
     _prepare(out)
     for split, count in (("train", n_train), ("val", n_val)):
         for i in range(count):
-            image, mask, boxes = render(np.random.default_rng([seed, SPLIT_CODES[split], i]), size)
+            image, mask, boxes, lane = render(np.random.default_rng([seed, SPLIT_CODES[split], i]), size)
             stem = f"{i:06d}"
-            for sub, array in (("images", image), ("masks", mask)):
+            if seg_tasks:
+                files = [
+                    ("images", image),
+                    ("masks/drivable", (mask == ROAD).astype(np.uint8)),
+                    ("masks/lane", lane.astype(np.uint8)),
+                ]
+            else:
+                files = [("images", image), ("masks", mask)]
+            for sub, array in files:
                 with atomic_write(out / sub / split / f"{stem}.png", "wb", what="PNG") as f:
                     Image.fromarray(array).save(f, format="PNG")
             lines = [
@@ -328,7 +362,8 @@ def make_shapes(
                 for c, b in boxes
             ]
             write_text(out / "labels" / split / f"{stem}.txt", "".join(lines), what="label file")
-    return write_text(out / "data.yaml", _yaml_text(n_train, n_val, size, seed), what="dataset descriptor")
+    text = _yaml_text(n_train, n_val, size, seed, seg_tasks)
+    return write_text(out / "data.yaml", text, what="dataset descriptor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,9 +374,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-val", type=int, default=120, help="validation images (default: 120)")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--seg-tasks",
+        action="store_true",
+        help="two seg tasks (drivable road + lane markings, masks/<task>/<split>/) instead of one",
+    )
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    path = make_shapes(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed)
+    path = make_shapes(
+        args.out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        size=args.size,
+        seed=args.seed,
+        seg_tasks=args.seg_tasks,
+    )
     print(
         f"make_shapes: wrote {args.n_train} train + {args.n_val} val images ({args.size} px) in "
         f"{time.perf_counter() - t0:.1f}s; descriptor: {path}"

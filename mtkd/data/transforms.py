@@ -93,7 +93,8 @@ def build_compose(
 class JointTransform:
     """Turn a ``RawSample`` into a dataset item (tensors), letterboxed or augmented.
 
-    Item: ``image`` float32 ``[3, S, S]`` in [0, 1]; ``mask`` int64 ``[S, S]``; ``boxes`` float32 ``[n, 4]`` xyxy
+    Item: ``image`` float32 ``[3, S, S]`` in [0, 1]; ``mask`` int64 ``[S, S]`` (a single-task sample) or ``masks``
+    ``{task: int64 [S, S]}`` (a ``seg_tasks`` sample); ``boxes`` float32 ``[n, 4]`` xyxy
     pixels of the output; ``labels`` int64 ``[n]``; ``path`` str; ``orig_size`` ``(H0, W0)``; ``pad``
     ``(top, left)`` and ``scale`` (letterbox geometry; with ``augment=True`` they describe only the initial
     resize, not the random scale/crop, and cannot map predictions back).
@@ -112,12 +113,25 @@ class JointTransform:
         scale, pad, _ = letterbox_geometry(h0, w0, self.imgsz)
         if self.augment:
             self.compose.set_random_seed(seed)
-        out = self.compose(image=raw.image, mask=raw.mask, bboxes=raw.boxes, labels=raw.labels)
+        single = list(raw.masks) == ["seg"]
+        if single:
+            out = self.compose(image=raw.image, mask=raw.masks["seg"], bboxes=raw.boxes, labels=raw.labels)
+            masks = {"mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long()}
+        else:  # every task's mask through the same geometric ops (albumentations' ``masks``)
+            out = self.compose(
+                image=raw.image, masks=list(raw.masks.values()), bboxes=raw.boxes, labels=raw.labels
+            )
+            masks = {
+                "masks": {
+                    t: torch.from_numpy(np.ascontiguousarray(m)).long()
+                    for t, m in zip(raw.masks, out["masks"])
+                }
+            }
         image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
         boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         return {
             "image": torch.from_numpy(image).float().div_(255.0),
-            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
+            **masks,
             "boxes": torch.from_numpy(boxes),
             "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),
             "path": str(raw.path),

@@ -5,6 +5,7 @@
 <root>/labels/<split>/<stem>.txt             one "class cx cy w h" line per box, normalized to [0, 1];
                                              empty or missing file = no objects (allowed, counted)
 <root>/masks/<split>/<stem>.png              class ids (mode L or P, or 16-bit <= 255), ignore_index = unlabeled
+<root>/masks/<task>/<split>/<stem>.png       the same, one folder per task of a ``seg_tasks`` dataset
 ```
 Blank label lines are skipped. Boxes may exceed the image by ``BOX_EPS`` of its size (label-tool rounding) and
 are clipped; anything else wrong raises ``SampleError`` naming the file and line.
@@ -38,16 +39,23 @@ from mtkd.data.samples import (
 
 @dataclass(frozen=True)
 class YoloItem:
-    """The three files of one sample (the label file may not exist)."""
+    """The files of one sample: image, label (may not exist), one mask per seg task (descriptor order)."""
 
     image: Path
     label: Path
-    mask: Path
+    masks: dict[str, Path]
+
+    @property
+    def mask(self) -> Path:
+        """The mask of a single-task sample."""
+        (path,) = self.masks.values()
+        return path
 
 
 def list_split(spec: DataSpec, split: str) -> tuple[list[YoloItem], list[Problem]]:
     """Samples of a split, sorted by stem, plus listing problems (duplicate stems, orphan labels/masks, empty)."""
-    images_dir, labels_dir, masks_dir = spec.yolo_dirs(split)
+    images_dir, labels_dir, _ = spec.yolo_dirs(split)
+    mask_dirs = spec.mask_dirs(split)
     by_stem: dict[str, list[Path]] = {}
     for p in sorted(images_dir.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
@@ -58,10 +66,12 @@ def list_split(spec: DataSpec, split: str) -> tuple[list[YoloItem], list[Problem
         if len(paths) > 1:
             others = ", ".join(q.name for q in paths[1:])
             problems.append(Problem(paths[0], f"duplicate stem '{stem}': also {others}"))
-        items.append(YoloItem(paths[0], labels_dir / f"{stem}.txt", masks_dir / f"{stem}.png"))
+        masks = {t: d / f"{stem}.png" for t, d in mask_dirs.items()}
+        items.append(YoloItem(paths[0], labels_dir / f"{stem}.txt", masks))
     if not items:
         problems.append(Problem(images_dir, "split has no images"))
-    for folder, suffix, what in ((labels_dir, ".txt", "label"), (masks_dir, ".png", "mask")):
+    folders = [(labels_dir, ".txt", "label"), *((d, ".png", "mask") for d in mask_dirs.values())]
+    for folder, suffix, what in folders:
         for p in sorted(folder.glob(f"*{suffix}")):
             if p.stem not in by_stem:
                 problems.append(Problem(p, f"{what} file has no image in {images_dir}"))
@@ -126,20 +136,22 @@ def parse_label_file(
 
 
 def load_sample(item: YoloItem, spec: DataSpec) -> tuple[RawSample | None, list[Problem]]:
-    """Read and check one sample. The sample is ``None`` when its image or mask cannot be read."""
+    """Read and check one sample. The sample is ``None`` when its image or a mask cannot be read."""
     image, problems = read_image(item.image)
-    mask, mask_read = read_mask(item.mask)
-    problems += mask_read
+    hw = image.shape[:2] if image is not None else None
+    masks = {}
+    for task, path in item.masks.items():
+        mask, mask_read = read_mask(path)
+        problems += mask_read
+        if mask is not None:
+            problems += mask_problems(mask, path, hw, spec.seg_tasks[task].nc, spec.ignore_index)
+            masks[task] = mask
     wh = (image.shape[1], image.shape[0]) if image is not None else None
     boxes, labels, label_problems = parse_label_file(item.label, spec.nc_det, wh)
-    if mask is not None:
-        problems += mask_problems(
-            mask, item.mask, image.shape[:2] if image is not None else None, spec.nc_seg, spec.ignore_index
-        )
     problems += label_problems
-    if image is None or mask is None:
+    if image is None or len(masks) != len(item.masks):
         return None, problems
-    return RawSample(image, mask, boxes, labels, item.image), problems
+    return RawSample(image, masks, boxes, labels, item.image), problems
 
 
 class YoloMaskSource:
@@ -159,7 +171,7 @@ class YoloMaskSource:
             labels_dir.parent / f"{labels_dir.name}{SUFFIX}",
             spec,
             [it.image.name for it in self.items],
-            [(it.image, it.mask, it.label) for it in self.items],
+            [(it.image, tuple(it.masks.values()), (it.label,)) for it in self.items],
             self._validate,
             what=f"split '{split}' of {spec.yaml_path}",
         )
@@ -173,7 +185,7 @@ class YoloMaskSource:
     def __getitem__(self, index: int) -> RawSample:
         index = range(len(self.items))[index]
         item = self.items[index]
-        sample = read_indexed(self.index, index, item.image, item.mask)
+        sample = read_indexed(self.index, index, item.image, item.masks)
         if sample is None:
             sample, problems = load_sample(item, self.spec)
             raise_first(problems)

@@ -90,7 +90,7 @@ def test_letterbox_geometry_matches_the_transform(hw):
     h, w = hw
     raw = RawSample(
         np.full((h, w, 3), 255, np.uint8),
-        np.zeros((h, w), np.uint8),
+        {"seg": np.zeros((h, w), np.uint8)},
         np.array([[0, 0, w, h]], np.float32),
         np.array([1]),
         path="x.png",

@@ -180,7 +180,7 @@ def test_summary_counts_match_the_files(shapes_master):
     empty = sum(not p.read_text().strip() for p in (shapes_master / "labels/train").glob("*.txt"))
     st = report.stats["train"]
     assert st.images == 8 and int(st.boxes.sum()) == n_lines and st.empty == empty
-    assert int(st.pixels.sum()) == 8 * 64 * 64
+    assert list(st.pixels) == ["seg"] and int(st.pixels["seg"].sum()) == 8 * 64 * 64
     assert report.stats["val"].images == 4
 
 
