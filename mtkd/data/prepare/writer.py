@@ -1,7 +1,8 @@
 """Write a ``Plan`` as a ``yolo_mask`` dataset: ``OUT/{images,labels,masks}/<split>/`` and ``OUT/data.yaml``.
 
 - Images are copied byte for byte (same format, same suffix): ``images/<split>/<stem><suffix>``.
-- Masks are 8-bit PNGs (mode L) of seg class ids, ``ignore_index`` (255) where unlabeled: ``masks/<split>/<stem>.png``.
+- Masks are 8-bit PNGs (mode L) of seg class ids, ``ignore_index`` (255) where unlabeled: ``masks/<split>/<stem>.png``
+  (a plan with ``seg_tasks``: ``masks/<task>/<split>/<stem>.png``, one per task).
 - Label files hold one ``class cx cy w h`` line per box, normalized by the image size, 6 decimals, sorted by
   ``(class, x1, y1, x2, y2)``; an image without boxes gets an empty label file.
 - Every file goes through ``mtkd.utils.atomic``; ``data.yaml`` is written last, so a folder without it is an
@@ -40,18 +41,18 @@ log = get_logger(__name__)
 
 @dataclass
 class SplitResult:
-    """What was written for one split: images, boxes per det class, mask pixels per value, skipped objects."""
+    """What was written for one split: images, boxes per det class, mask pixels per value (per seg task: ``seg``
+    for a one-task plan), skipped objects."""
 
     nc_det: int
     images: int = 0
     boxes: np.ndarray = field(init=False)
-    pixels: np.ndarray = field(init=False)
+    pixels: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)
     missing: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.boxes = np.zeros(self.nc_det, np.int64)
-        self.pixels = np.zeros(256, np.int64)
 
 
 def prepare_out(out: Path, root: Path, overwrite: bool) -> None:
@@ -96,24 +97,32 @@ def label_lines(boxes: list, wh: tuple[int, int]) -> str:
     )
 
 
-def write_item(job: tuple[Path, str, Item, object, int]) -> tuple[np.ndarray, np.ndarray, Counter]:
-    """Convert and write one item; returns (boxes per det class, mask pixels per value, skipped objects)."""
+def write_item(
+    job: tuple[Path, str, Item, object, int],
+) -> tuple[np.ndarray, dict[str, np.ndarray], Counter]:
+    """Convert and write one item; returns (boxes per det class, mask pixels per value per task, skipped)."""
     from PIL import Image
 
     out, split, item, convert, nc_det = job
     conv: Converted = convert(item)  # type: ignore[operator]
     data = item.image.read_bytes()
-    mask = np.ascontiguousarray(conv.mask, dtype=np.uint8)
+    several = isinstance(conv.mask, dict)
+    masks = conv.mask if isinstance(conv.mask, dict) else {"seg": conv.mask}
     write_bytes(out / "images" / split / f"{item.stem}{item.image.suffix}", data, what="image")
-    with atomic_write(out / "masks" / split / f"{item.stem}.png", "wb", what="mask") as f:
-        Image.fromarray(mask).save(f, format="PNG")
+    pixels = {}
+    for task, m in masks.items():
+        mask = np.ascontiguousarray(m, dtype=np.uint8)
+        folder = out / "masks" / task / split if several else out / "masks" / split
+        with atomic_write(folder / f"{item.stem}.png", "wb", what="mask") as f:
+            Image.fromarray(mask).save(f, format="PNG")
+        pixels[task] = np.bincount(mask.ravel(), minlength=256).astype(np.int64)
     wh = (mask.shape[1], mask.shape[0])
     write_text(out / "labels" / split / f"{item.stem}.txt", label_lines(conv.boxes, wh), what="label file")
     counts = np.bincount([b[0] for b in conv.boxes], minlength=nc_det).astype(np.int64)
-    return counts, np.bincount(mask.ravel(), minlength=256).astype(np.int64), conv.skipped
+    return counts, pixels, conv.skipped
 
 
-def _results(jobs: list, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, Counter]]:
+def _results(jobs: list, workers: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], Counter]]:
     """``write_item`` over ``jobs`` in order: in this process, or in ``workers`` processes (first error wins)."""
     if workers <= 1 or len(jobs) < 2:
         yield from map(write_item, jobs)
@@ -136,11 +145,15 @@ def _yaml_names(names: tuple[str, ...]) -> str:
 def yaml_text(plan: Plan, splits: list[str]) -> str:
     """``data.yaml`` for the written splits (``path: .``: the dataset is the folder holding the file)."""
     root = str(plan.root).replace("\n", " ")
+    if plan.seg_tasks:
+        seg = "seg_tasks:\n" + "".join(f"  {t}: {_yaml_names(n)}\n" for t, n in plan.seg_tasks.items())
+    else:
+        seg = f"seg_names: {_yaml_names(plan.seg_names)}\n"
     return (
         f"{MARKER} from {plan.source} ({root})\n"
         "path: .\nformat: yolo_mask\n"
         + "".join(f"{s}: {s}\n" for s in splits)
-        + f"det_names: {_yaml_names(plan.det_names)}\nseg_names: {_yaml_names(plan.seg_names)}\n"
+        + f"det_names: {_yaml_names(plan.det_names)}\n{seg}"
         f"ignore_index: {plan.ignore_index}\ndescription: {json.dumps(plan.description)}\n"
     )
 
@@ -158,7 +171,8 @@ def write_plan(plan: Plan, out: Path, *, overwrite: bool = False, workers: int =
         ):
             res.images += 1
             res.boxes += counts
-            res.pixels += pixels
+            for task, px in pixels.items():
+                res.pixels[task] = res.pixels[task] + px if task in res.pixels else px
             res.skipped.update(skipped)
             if res.images % step == 0 and res.images < len(items):
                 log.info(f"prepare_dataset: {split}: {res.images}/{len(items)} images")
@@ -178,7 +192,7 @@ def summary(plan: Plan, results: dict[str, SplitResult]) -> str:
             )
         if r.skipped:
             lines.append("  no box: " + ", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())))
-        if r.images and r.pixels[plan.ignore_index] == r.pixels.sum():
+        if r.images and all(px[plan.ignore_index] == px.sum() for px in r.pixels.values()):
             lines.append(
                 f"  note: every mask pixel of {split} is ignore_index {plan.ignore_index} (unlabeled split)"
             )
