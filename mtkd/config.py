@@ -105,7 +105,40 @@ FEAT_KD_OPTIONS: dict[str, dict[str, tuple[type, dict]]] = {
         "order": (int, field_meta("Taylor order of the Gaussian kernel", range_=(1, 100, True, True))),
     },
     "cwd": {"temperature": (float, field_meta("CWD temperature", range_=_POSITIVE))},
+    "pkd": {},
+    "score_l2": {},
+    "mgd": {
+        "mask_ratio": (float, field_meta("fraction of positions masked", range_=(0.0, 1.0, True, False)))
+    },
 }
+
+#: ``distill.seg_kd_options`` per ``distill.seg_kd`` kind, like ``FEAT_KD_OPTIONS``; an option not given takes the
+#: default of its loss function (``mtkd.losses.logit_kd``), the only default it has.
+SEG_KD_OPTIONS: dict[str, dict[str, tuple[type, dict]]] = {
+    "kl": {},
+    "cwd": {},
+    "dist": {
+        "beta": (float, field_meta("inter-class (per-pixel) relation weight", range_=_NON_NEGATIVE)),
+        "gamma": (float, field_meta("intra-class (per-class) relation weight", range_=_NON_NEGATIVE)),
+        "tau": (float, field_meta("softmax temperature (not the schedule)", range_=_POSITIVE)),
+    },
+}
+
+
+def _typed_options(key: str, kind: str, options: Mapping, table: Mapping[str, Mapping]) -> dict:
+    """``options`` of ``kind`` checked against ``table[kind]`` and coerced to their types; ``ConfigError`` naming
+    ``key`` for an option the kind does not have or a bad value."""
+    allowed, out = table.get(kind, {}), {}
+    for k, v in options.items():
+        if k not in allowed:
+            valid = ", ".join(allowed) or "none"
+            raise ConfigError(
+                f"{key}: {k!r} is not an option of kind {kind!r}{did_you_mean(str(k), list(allowed))}; "
+                f"its options: {valid}"
+            )
+        out[k] = coerce(f"{key}.{k}", v, allowed[k][0])
+        check_value(f"{key}.{k}", out[k], allowed[k][1])
+    return out
 
 
 @dataclass(frozen=True)
@@ -124,24 +157,25 @@ class FeatKDConfig:
             raise ConfigError(
                 f"distill.feat_kd.names: duplicate feature names (dots count as '_'): {list(self.names)}"
             )
-        allowed, options = FEAT_KD_OPTIONS.get(self.kind, {}), {}
-        for k, v in self.options.items():
-            if k not in allowed:
-                valid = ", ".join(allowed) or "none"
-                raise ConfigError(
-                    f"distill.feat_kd.options: {k!r} is not an option of kind {self.kind!r}"
-                    f"{did_you_mean(str(k), list(allowed))}; its options: {valid}"
-                )
-            options[k] = coerce(f"distill.feat_kd.options.{k}", v, allowed[k][0])
-            check_value(f"distill.feat_kd.options.{k}", options[k], allowed[k][1])
+        options = _typed_options("distill.feat_kd.options", self.kind, self.options, FEAT_KD_OPTIONS)
         object.__setattr__(self, "options", options)
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    seg_kd: str = field(default="kl", metadata=field_meta("segmentation logit KD", choices=("kl", "cwd")))
+    seg_kd: str = field(default="kl", metadata=field_meta("seg logit KD", choices=tuple(SEG_KD_OPTIONS)))
+    seg_kd_options: dict = field(default_factory=dict, metadata=field_meta("seg_kd options (SEG_KD_OPTIONS)"))
     det_kd: DetKDConfig = field(default_factory=DetKDConfig, metadata=field_meta("detection logit KD"))
     feat_kd: FeatKDConfig = field(default_factory=FeatKDConfig, metadata=field_meta("feature distillation"))
+    off_last_epochs: int = field(
+        default=0,
+        metadata=field_meta("no KD in the last N epochs (task losses only)", range_=(0, 100_000, True, True)),
+    )
+
+    def __post_init__(self) -> None:
+        """``seg_kd_options`` of ``seg_kd`` only (coerced to their type)."""
+        options = _typed_options("distill.seg_kd_options", self.seg_kd, self.seg_kd_options, SEG_KD_OPTIONS)
+        object.__setattr__(self, "seg_kd_options", options)
 
 
 @dataclass(frozen=True)
@@ -274,6 +308,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp == "fp16" and self.device == "cpu":
             raise ConfigError("amp: 'fp16' needs a CUDA device (device=cpu); use amp=bf16 or amp=off on CPU")
+        if self.teacher is not None and self.distill.off_last_epochs >= self.epochs:
+            raise ConfigError(
+                f"distill.off_last_epochs: {self.distill.off_last_epochs} must be < epochs ({self.epochs}), "
+                "else distillation never runs"
+            )
 
     @property
     def distilling(self) -> bool:

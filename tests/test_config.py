@@ -182,7 +182,35 @@ def test_amp_off_trains(tmp_path):
         ("temperature={kind: cosine, start: 0, end: 4}", "temperature: schedule 0.0 -> 4.0 is outside"),
         ("temperature={kind: linaer, start: 1, end: 4}", "did you mean 'linear'?"),
         ("alpha_sge=0.5", "unknown config key 'alpha_sge' (did you mean 'alpha_seg'?)"),
-        ("distill.seg_kd=kll", "distill.seg_kd: 'kll' is not one of ['kl', 'cwd'] (did you mean 'kl'?)"),
+        (
+            "distill.seg_kd=kll",
+            "distill.seg_kd: 'kll' is not one of ['kl', 'cwd', 'dist'] (did you mean 'kl'?)",
+        ),
+        (
+            "distill.seg_kd_options={beta: 2}",
+            "distill.seg_kd_options: 'beta' is not an option of kind 'kl'; its options: none",
+        ),
+        (
+            "distill={seg_kd: dist, seg_kd_options: {gama: 1}}",
+            "'gama' is not an option of kind 'dist' (did you mean 'gamma'?); its options: beta, gamma, tau",
+        ),
+        (
+            "distill={seg_kd: dist, seg_kd_options: {tau: 0}}",
+            "distill.seg_kd_options.tau: 0.0 is outside the allowed range (0.0, inf)",
+        ),
+        (
+            "distill={seg_kd: dist, seg_kd_options: {beta: -1}}",
+            "distill.seg_kd_options.beta: -1.0 is outside the allowed range [0.0, inf)",
+        ),
+        (
+            "distill.off_last_epochs=-1",
+            "distill.off_last_epochs: -1 is outside the allowed range [0, 100000]",
+        ),
+        ("distill.off_last_epochs=1.5", "distill.off_last_epochs: expected int"),
+        (
+            "distill.feat_kd={kind: mgd, options: {mask_ratio: 1}}",
+            "distill.feat_kd.options.mask_ratio: 1.0 is outside the allowed range [0.0, 1.0)",
+        ),
         (
             "distill.det_kd.wieght=1",
             "unknown config key 'distill.det_kd.wieght' (did you mean 'distill.det_kd.weight'?)",
@@ -197,7 +225,7 @@ def test_amp_off_trains(tmp_path):
         (
             "distill.feat_kd.kind=fitnte",
             "distill.feat_kd.kind: 'fitnte' is not one of ['fitnet', 'at', 'sp', 'cc', "
-            "'cwd'] (did you mean 'fitnet'?)",
+            "'cwd', 'pkd', 'score_l2', 'mgd'] (did you mean 'fitnet'?)",
         ),
         ("distill.feat_kd.weight=-2", "distill.feat_kd.weight: -2.0 is outside the allowed range [0.0, inf)"),
         (
@@ -233,6 +261,31 @@ def test_distill_keys_name_the_key_and_range(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, ["teacher=t.pt", override])
     assert message in str(e.value)
+
+
+def test_off_last_epochs_must_leave_distillation_epochs_and_binds_only_with_a_teacher():
+    with pytest.raises(ConfigError, match=r"^distill.off_last_epochs: 5 must be < epochs \(5\), else"):
+        load_config(None, ["teacher=t.pt", "epochs=5", "distill.off_last_epochs=5"])
+    plain = load_config(None, ["epochs=5", "distill.off_last_epochs=5"])  # no teacher: nothing to switch off
+    assert plain.distill.off_last_epochs == 5
+    cfg = load_config(None, ["teacher=t.pt", "epochs=5", "off_last_epochs=2"])  # flat alias of the key
+    assert cfg.distill.off_last_epochs == 2 and cfg.to_dict()["distill"]["off_last_epochs"] == 2
+
+
+def test_seg_kd_options_are_typed_and_fit_seg_dist():
+    """The DIST options the schema accepts are the keyword options of ``seg_dist`` (its defaults are the only
+    ones); a valid section reaches ``DistillLoss``."""
+    import inspect
+
+    from mtkd.config import SEG_KD_OPTIONS
+    from mtkd.losses import DistillLoss, seg_dist
+
+    params = [n for n, p in inspect.signature(seg_dist).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert sorted(SEG_KD_OPTIONS["dist"]) == sorted(set(params) - {"ignore_mask"})
+    cfg = load_config(None, ["teacher=t.pt", "distill={seg_kd: dist, seg_kd_options: {beta: 2, tau: 1}}"])
+    assert cfg.distill.seg_kd_options == {"beta": 2.0, "tau": 1.0}
+    assert isinstance(cfg.distill.seg_kd_options["beta"], float)
+    assert DistillLoss.from_config(cfg).seg_kd_options == {"beta": 2.0, "tau": 1.0}
 
 
 def test_feat_kd_options_are_typed_and_fit_the_loss_classes():

@@ -10,10 +10,11 @@ one to ``backward()``.
 
 - ``TrainTask``: plain training, ``student`` → ``TaskLoss`` → ``plain_loss`` (KD terms are zeros).
 - ``DistillTask``: ``student`` (+ feature taps) → ``TaskLoss``; the teacher (frozen, eval mode, under
-  ``torch.no_grad``) → ``DistillLoss``. Its modules are ``student`` then ``distill`` (the ``DistillLoss`` that
-  owns the feature connectors), so ``task.parameters()`` lists the student's parameters first, then the
-  connectors'. The teacher is held outside the module tree: not in ``parameters()``/``state_dict()``, not
-  wrapped by DDP, untouched by ``.train()``/``.to()``.
+  ``torch.no_grad``) → ``DistillLoss``. In the last ``distill.off_last_epochs`` epochs (``DistillLoss.kd_active``
+  false) the step is plain training's: no feature taps, no teacher forward, ``plain_loss`` terms. Its modules
+  are ``student`` then ``distill`` (the ``DistillLoss`` that owns the feature connectors), so
+  ``task.parameters()`` lists the student's parameters first, then the connectors'. The teacher is held outside
+  the module tree: not in ``parameters()``/``state_dict()``, not wrapped by DDP, untouched by ``.train()``/``.to()``.
 
 Training state: ``train_state()`` gives the task's own fields of ``last.pt`` (``train.distill``: the connectors'
 ``state_dict``; ``{}`` for a plain run), ``load_train_state_field`` restores one on resume. ``compile=true``:
@@ -92,6 +93,9 @@ class DistillTask(TrainTask):
 
     def forward(self, batch: Mapping[str, Any], progress: float) -> dict[str, Tensor]:
         images = batch["images"].float()
+        if not self.distill.kd_active(progress):  # distill.off_last_epochs: plain training's step, no teacher
+            s_out = self.student(images)
+            return self.distill(s_out, None, self.task_loss(s_out, batch), progress, batch)
         names = self.feature_names
         s_out = self.student(images, features=names) if names else self.student(images)
         task = self.task_loss(s_out, batch)

@@ -1,11 +1,13 @@
 """Task and distillation losses.
 
-Distillation (this package's public API): ``seg_kl``, ``seg_cwd``, ``det_logit_kd`` (logit KD),
-``FeatureDistiller`` and the feature losses (FitNet, AT, SP, CC, CWD), ``Connector``, ``Schedule``,
+Distillation (this package's public API): ``seg_kl``, ``seg_cwd``, ``seg_dist``, ``det_logit_kd`` (logit KD),
+``FeatureDistiller`` and the feature losses (FitNet, AT, SP, CC, CWD, PKD, teacher-confidence-weighted L2, MGD),
+``confidence_maps`` (the teacher's per-location detection confidence), ``Connector``, ``Schedule``,
 ``DistillLoss`` and ``plain_loss`` (the combination). Task losses live in ``mtkd.losses.task``.
 """
 
 from mtkd.losses.combine import EXTRA_KEYS, MAIN_KEYS, DistillLoss, plain_loss
+from mtkd.losses.confidence import confidence_at, confidence_maps
 from mtkd.losses.connectors import Connector
 from mtkd.losses.feature_kd import (
     FEATURE_LOSSES,
@@ -14,9 +16,13 @@ from mtkd.losses.feature_kd import (
     CWDFeatureLoss,
     FeatureDistiller,
     FitNetLoss,
+    MGDGenerator,
+    MGDLoss,
+    PKDLoss,
+    ScoreL2Loss,
     SPLoss,
 )
-from mtkd.losses.logit_kd import channel_wise_kl, det_logit_kd, seg_cwd, seg_kl
+from mtkd.losses.logit_kd import channel_wise_kl, det_logit_kd, seg_cwd, seg_dist, seg_kl
 from mtkd.utils.schedules import Schedule
 
 __all__ = [
@@ -30,11 +36,18 @@ __all__ = [
     "FeatureDistiller",
     "FitNetLoss",
     "MAIN_KEYS",
+    "MGDGenerator",
+    "MGDLoss",
+    "PKDLoss",
     "SPLoss",
     "Schedule",
+    "ScoreL2Loss",
     "channel_wise_kl",
+    "confidence_at",
+    "confidence_maps",
     "det_logit_kd",
     "plain_loss",
     "seg_cwd",
+    "seg_dist",
     "seg_kl",
 ]

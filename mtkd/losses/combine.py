@@ -6,7 +6,10 @@
     det_total = (1 - alpha_det) * det_loss + alpha_det * det_kd
     loss      = ratio_det * det_total + ratio_seg * seg_total + feat_weight * feat_kd
 
-``temperature``, ``alpha_seg`` and ``alpha_det`` may follow a ``Schedule`` over training progress.
+``temperature``, ``alpha_seg`` and ``alpha_det`` may follow a ``Schedule`` over training progress. With
+``distill.off_last_epochs = N`` every KD term is switched off for the last ``N`` of ``epochs`` epochs (mmyolo's
+two-stage schedule: the student ends on the task losses alone): ``DistillLoss.kd_active(progress)`` is false and
+the step's terms are those of ``plain_loss`` (KD terms, ``temperature`` and alphas logged as 0).
 
 The options are the typed values of the training config (``mtkd.config``: top-level ``temperature``,
 ``alpha_seg``, ``alpha_det``, ``ratio_seg``, ``ratio_det`` and the ``distill`` section), validated there and
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 from mtkd.config import DetKDConfig, DistillConfig, FeatKDConfig, TrainConfig
 from mtkd.errors import CompatibilityError
 from mtkd.losses.feature_kd import FeatureDistiller
-from mtkd.losses.logit_kd import det_logit_kd, seg_cwd, seg_kl, zero_like
+from mtkd.losses.logit_kd import det_logit_kd, seg_cwd, seg_dist, seg_kl, zero_like
 from mtkd.models.outputs import MultiTaskOutput
 from mtkd.utils.schedules import Schedule
 
@@ -55,13 +58,16 @@ class DistillLoss(nn.Module):
         temperature: ``T > 0``: a number, a ``Schedule`` or the config's schedule mapping ``{kind, start, end}``.
         alpha_seg, alpha_det: in ``[0, 1]``, same forms as ``temperature``.
         ratio_seg, ratio_det: ``>= 0``.
-        seg_kd: ``"kl"`` (``seg_kl``) or ``"cwd"`` (``seg_cwd``).
-        seg_ignore_index: mask pixels where ``batch["masks"] == seg_ignore_index`` out of the seg KL
+        seg_kd: ``"kl"`` (``seg_kl``), ``"cwd"`` (``seg_cwd``) or ``"dist"`` (``seg_dist``).
+        seg_kd_options: keyword options of that loss (``dist``: ``beta``, ``gamma``, ``tau``); ``{}`` = its defaults.
+        seg_ignore_index: mask pixels where ``batch["masks"] == seg_ignore_index`` out of the seg KL and DIST
             (needs ``batch`` in ``forward``); ``None`` keeps every pixel. The dataset's ``ignore_index``.
         det_kd: ``DetKDConfig`` (options of ``det_logit_kd``: ``weight``, ``weight_by_teacher``, ``ld``,
             ``temperature``; ``temperature=None`` follows ``temperature``).
         feat_kd: ``None``, a ``FeatKDConfig`` (no ``names``: off) or a ready ``FeatureDistiller``.
         student_channels, teacher_channels: ``{name: C}`` to build the connectors at once.
+        off_last_epochs, epochs: KD is off from epoch ``epochs - off_last_epochs`` on (0-based; module
+            docstring); ``epochs`` is needed only when ``off_last_epochs > 0``.
     """
 
     def __init__(
@@ -73,18 +79,24 @@ class DistillLoss(nn.Module):
         ratio_seg: float = TrainConfig.ratio_seg,
         ratio_det: float = TrainConfig.ratio_det,
         seg_kd: str = DistillConfig.seg_kd,
+        seg_kd_options: Mapping[str, float] | None = None,
         seg_ignore_index: int | None = 255,
         det_kd: DetKDConfig | None = None,
         feat_kd: FeatKDConfig | FeatureDistiller | None = None,
         student_channels: Mapping[str, int] | None = None,
         teacher_channels: Mapping[str, int] | None = None,
+        off_last_epochs: int = DistillConfig.off_last_epochs,
+        epochs: int | None = None,
     ) -> None:
         super().__init__()
+        if off_last_epochs and epochs is None:
+            raise ValueError("DistillLoss: off_last_epochs > 0 needs epochs")
+        self.off_last_epochs, self.epochs = int(off_last_epochs), epochs
         self.temperature = Schedule.parse(temperature, key="temperature")
         self.alpha_seg = Schedule.parse(alpha_seg, key="alpha_seg")
         self.alpha_det = Schedule.parse(alpha_det, key="alpha_det")
         self.ratio_seg, self.ratio_det = float(ratio_seg), float(ratio_det)
-        self.seg_kd = seg_kd
+        self.seg_kd, self.seg_kd_options = seg_kd, dict(seg_kd_options or {})
         self.seg_ignore_index = seg_ignore_index
         self.det_kd = det_kd if det_kd is not None else DetKDConfig()
         if isinstance(feat_kd, FeatKDConfig):
@@ -110,12 +122,23 @@ class DistillLoss(nn.Module):
             ratio_seg=cfg.ratio_seg,
             ratio_det=cfg.ratio_det,
             seg_kd=cfg.distill.seg_kd,
+            seg_kd_options=cfg.distill.seg_kd_options,
             seg_ignore_index=ignore_index,
             det_kd=cfg.distill.det_kd,
             feat_kd=cfg.distill.feat_kd,
             student_channels=student_channels,
             teacher_channels=teacher_channels,
+            off_last_epochs=cfg.distill.off_last_epochs,
+            epochs=cfg.epochs,
         )
+
+    def kd_active(self, progress: float) -> bool:
+        """False in the last ``off_last_epochs`` epochs: ``progress * epochs`` (= global step / steps per epoch)
+        has reached ``epochs - off_last_epochs`` (a 1e-6 tolerance absorbs float rounding of the trainer's
+        ``step / total``; it would misplace the switch only with over a million steps per epoch)."""
+        if not self.off_last_epochs:
+            return True
+        return float(progress) * self.epochs < self.epochs - self.off_last_epochs - 1e-6
 
     @property
     def feature_names(self) -> list[str]:
@@ -131,7 +154,7 @@ class DistillLoss(nn.Module):
     def forward(
         self,
         s_out: MultiTaskOutput,
-        t_out: MultiTaskOutput,
+        t_out: MultiTaskOutput | None,
         task: Mapping[str, Tensor],
         progress: float,
         batch: Mapping[str, Any] | None = None,
@@ -139,7 +162,8 @@ class DistillLoss(nn.Module):
         """All terms for one step.
 
         Args:
-            s_out, t_out: student / teacher outputs (teacher tensors are detached inside).
+            s_out, t_out: student / teacher outputs (teacher tensors are detached inside); ``t_out`` may be
+                ``None`` where ``kd_active(progress)`` is false (the task skips the teacher there).
             task: the student's task losses (``TaskLoss``): ``seg_loss``, ``det_loss`` and sub-terms.
             progress: fraction of training done in ``[0, 1]``, for the schedules.
             batch: the training batch; ``batch["masks"] [B, H, W]`` gives the seg ignore mask.
@@ -149,8 +173,10 @@ class DistillLoss(nn.Module):
             replaced by ours) + ``feat_kd_<name>`` per feature tap, all 0-d float32 tensors. Absent terms (no
             det in the model, feature KD off) are constant zeros without autograd history. ``temperature``,
             ``alpha_seg`` and ``alpha_det`` are the current schedule values as constant tensors (``.item()``
-            to log). Only ``loss`` is meant for ``backward()``.
+            to log). Only ``loss`` is meant for ``backward()``. KD off (``kd_active``): ``_kd_off``.
         """
+        if not self.kd_active(progress):
+            return self._kd_off(task)
         temp = self.temperature(progress)
         a_seg, a_det = self.alpha_seg(progress), self.alpha_det(progress)
         zero = zero_like(_reference(s_out, task))
@@ -164,6 +190,9 @@ class DistillLoss(nn.Module):
                 seg_kd = seg_kl(
                     s_out.seg, t_out.seg, temperature=temp, ignore_mask=self._ignore_mask(batch, s_out.seg)
                 )
+            elif self.seg_kd == "dist":
+                ignore = self._ignore_mask(batch, s_out.seg)
+                seg_kd = seg_dist(s_out.seg, t_out.seg, ignore_mask=ignore, **self.seg_kd_options)
             else:
                 seg_kd = seg_cwd(s_out.seg, t_out.seg, temperature=temp)
         else:
@@ -187,7 +216,7 @@ class DistillLoss(nn.Module):
 
         feat_kd, feat_w = zero, 0.0
         if self.feature is not None:
-            feat_terms = self.feature(s_out.features, t_out.features)
+            feat_terms = self.feature(s_out.features, t_out.features, t_det=t_out.det)
             feat_kd, feat_w = feat_terms.pop("feat_kd"), self.feature.weight
             out.update(feat_terms)
 
@@ -208,6 +237,18 @@ class DistillLoss(nn.Module):
         )
         return out
 
+    def _kd_off(self, task: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``plain_loss(task)`` (bitwise the loss of plain training) plus ``feat_kd_<name>`` zeros, so the columns
+        stay those of the distilled epochs. The connectors get zero gradients (``0 * sum(params)`` added: exact,
+        the parameters are finite) rather than none, so DDP, which expects every parameter in every step, works."""
+        out = plain_loss(task, ratio_seg=self.ratio_seg, ratio_det=self.ratio_det)
+        zero = out["feat_kd"]
+        out.update({f"feat_kd_{n}": zero for n in self.feature_names})
+        params = [p for p in self.parameters() if p.requires_grad]
+        if params:
+            out["loss"] = out["loss"] + 0.0 * sum(p.sum() for p in params)
+        return out
+
     def _ignore_mask(self, batch: Mapping[str, Any] | None, seg: Tensor) -> Tensor | None:
         if self.seg_ignore_index is None or batch is None or batch.get("masks") is None:
             return None
@@ -217,6 +258,8 @@ class DistillLoss(nn.Module):
         return (
             f"temperature={self.temperature}, alpha_seg={self.alpha_seg}, alpha_det={self.alpha_det}, "
             f"ratio_seg={self.ratio_seg}, ratio_det={self.ratio_det}, seg_kd={self.seg_kd!r}, det_kd={self.det_kd}"
+            + (f", seg_kd_options={self.seg_kd_options}" if self.seg_kd_options else "")
+            + (f", off_last_epochs={self.off_last_epochs}" if self.off_last_epochs else "")
         )
 
 

@@ -3,19 +3,24 @@
 Losses (``kind`` names in brackets); each takes ``s [B, C_s, H_s, W_s]`` and ``t [B, C_t, H_t, W_t]`` and
 returns a 0-d float32 tensor. The teacher map is detached inside.
 
-=========================  ==============  ==================  ==========================================
-loss                       connector       spatial resize      reduction
-=========================  ==============  ==================  ==========================================
-``FitNetLoss`` (fitnet)    yes (1x1 conv)  yes                 MSE, mean over all elements
-``ATLoss`` (at)            no              yes                 mean of squared diff of attention maps
-``SPLoss`` (sp)            no              no                  ``||G_s - G_t||_F^2 / B^2``
-``CCLoss`` (cc)            no              no                  ``||K_s - K_t||_F^2 / B^2``
-``CWDFeatureLoss`` (cwd)   yes (1x1 conv)  yes                 ``T^2 * KL``, mean over channels and batch
-=========================  ==============  ==================  ==========================================
+==========================  ================  ==============  ==========================================
+loss                        connector         spatial resize  reduction
+==========================  ================  ==============  ==========================================
+``FitNetLoss`` (fitnet)     yes (1x1 conv)    yes             MSE, mean over all elements
+``ATLoss`` (at)             no                yes             mean of squared diff of attention maps
+``SPLoss`` (sp)             no                no              ``||G_s - G_t||_F^2 / B^2``
+``CCLoss`` (cc)             no                no              ``||K_s - K_t||_F^2 / B^2``
+``CWDFeatureLoss`` (cwd)    yes (1x1 conv)    yes             ``T^2 * KL``, mean over channels and batch
+``PKDLoss`` (pkd)           yes (1x1 conv)    yes             MSE / 2 of per-channel standardized maps
+``ScoreL2Loss`` (score_l2)  yes (1x1 conv)    yes             squared error weighted by teacher confidence
+``MGDLoss`` (mgd)           ``MGDGenerator``  yes             MSE of the generated map, mean over elements
+==========================  ================  ==============  ==========================================
 
 "Connector" losses compare channels one to one, so the student map goes through a ``Connector`` (identity when
-``C_s == C_t``); the others compare per-sample or per-batch summaries that do not depend on the channel count.
-Where a spatial match is needed the (connected) student map is resized bilinearly to the teacher's size.
+``C_s == C_t``; a loss may make its own student-side module instead, ``make_connector``, as MGD does); the others
+compare per-sample or per-batch summaries that do not depend on the channel count. Where a spatial match is
+needed the (connected) student map is resized bilinearly to the teacher's size. ``score_l2`` also needs the
+teacher's detection output (``FeatureDistiller.forward(..., t_det=...)``, ``mtkd.losses.confidence``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from torch import Tensor, nn
 
 from mtkd.config import FeatKDConfig
 from mtkd.errors import CompatibilityError, ConfigError
+from mtkd.losses.confidence import confidence_at, confidence_maps
 from mtkd.losses.connectors import Connector
 from mtkd.losses.logit_kd import channel_wise_kl, resize_like
+from mtkd.models.outputs import DetOutput
 from mtkd.utils.schedules import did_you_mean
 
 
@@ -138,12 +145,114 @@ class CWDFeatureLoss(nn.Module):
         return channel_wise_kl(s, t, temperature=self.temperature)
 
 
+def _standardize(f: Tensor) -> Tensor:
+    """Per channel, over ``(B, H, W)``: ``(f - mean) / (std + 1e-6)`` (unbiased std), as in PKD's code."""
+    mean = f.mean(dim=(0, 2, 3), keepdim=True)
+    std = f.std(dim=(0, 2, 3), keepdim=True)
+    return (f - mean) / (std + 1e-6)
+
+
+class PKDLoss(nn.Module):
+    """PKD (Cao et al. 2022, "PKD: General Distillation Framework for Object Detectors via Pearson Correlation").
+
+    Both maps ``[B, C, H, W]`` (student after the connector and resize) are standardized per channel over the
+    batch and positions (``_standardize``), then ``loss = MSE / 2``, which equals ``(n-1)/n * mean_c(1 - r_c)``
+    with ``r_c`` the Pearson correlation of channel ``c`` over its ``n = B*H*W`` values: the student is free in
+    the per-channel scale and offset of its features (no magnitude gap to close), only their pattern is imitated.
+    """
+
+    uses_connector = True
+    needs_same_size = True
+
+    def forward(self, s: Tensor, t: Tensor) -> Tensor:
+        return F.mse_loss(_standardize(s.float()), _standardize(t.detach().float())) / 2
+
+
+class ScoreL2Loss(nn.Module):
+    """Teacher-confidence-weighted feature L2, Ultralytics' feature KD (``DistillationModel.loss_sl2``).
+
+    ``loss = sum_{b,c,y,x} w[b,y,x] * (s - t)^2 / (C * sum_{b,y,x} w + 1e-9)``: the squared error of every
+    location, weighted by the teacher's detection confidence there (``mtkd.losses.confidence``: max class
+    probability, times objectness for anchor heads), so the student imitates the teacher where it sees objects
+    rather than on the background that fills most of a road scene. Like Ultralytics we use the confidence of the
+    detection level at the tap's resolution, the ``1e-9`` and a (1x1 conv) projector where channels differ.
+    Unlike it: one loss per tap averaged over taps by ``FeatureDistiller`` (Ultralytics sums its levels and scales
+    by ``dis`` and the batch size, because its task losses are batch sums; mtkd's are means: set
+    ``distill.feat_kd.weight``), and the anchor-head score includes the objectness.
+
+    ``forward(s [B, C, H, W], t [B, C, H, W], weight [B, H, W])``; ``weight`` is detached.
+    """
+
+    uses_connector = True
+    needs_same_size = True
+    needs_teacher_confidence = True
+
+    def forward(self, s: Tensor, t: Tensor, weight: Tensor) -> Tensor:
+        if weight.shape != (s.shape[0], *s.shape[-2:]):
+            raise CompatibilityError(
+                f"confidence {tuple(weight.shape)} does not fit the features {tuple(s.shape)}"
+            )
+        w = weight.detach().float()[:, None]  # [B, 1, H, W]
+        se = (s.float() - t.detach().float()).pow(2)
+        return (se * w).sum() / (w.sum() * s.shape[1] + 1e-9)
+
+
+class MGDGenerator(nn.Module):
+    """MGD's student side: ``align`` (1x1 conv where ``C_s != C_t``) -> random spatial mask -> ``generation``
+    (3x3 conv, ReLU, 3x3 conv at the teacher's width). ``[B, C_s, H, W] -> [B, C_t, H, W]``.
+
+    Each call masks every position (all channels) with probability ``mask_ratio``, drawing from the global torch
+    RNG on the feature's device (the trainer's seeding and checkpointed RNG state keep runs reproducible).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, mask_ratio: float) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.mask_ratio = int(in_channels), int(out_channels), mask_ratio
+        c = self.out_channels
+        self.align = nn.Identity() if c == in_channels else nn.Conv2d(in_channels, c, 1)
+        self.generation = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.align(x)
+        b, _, h, w = x.shape
+        keep = torch.rand((b, 1, h, w), device=x.device) <= 1.0 - self.mask_ratio  # as mat > 1 - lambda -> 0
+        return self.generation(x * keep.to(x.dtype))
+
+
+class MGDLoss(nn.Module):
+    """Masked generative distillation (Yang et al. 2022): the student's masked map must *generate* the teacher's.
+
+    The student map goes through its ``MGDGenerator`` (``make_connector``; ``connector_bn`` does not apply), then
+    ``loss = mean((G(mask(align(s))) - t)^2)``. The paper sums over ``C, H, W`` and scales by ``alpha_mgd``
+    (2e-5): that is this mean times ``C * H * W * alpha_mgd``; here the scale is ``distill.feat_kd.weight``.
+    ``mask_ratio``: the paper's lambda (0.65 for detection, 0.75 for segmentation).
+    """
+
+    uses_connector = True
+    needs_same_size = True
+
+    def __init__(self, mask_ratio: float = 0.65) -> None:
+        super().__init__()
+        self.mask_ratio = float(mask_ratio)
+
+    def make_connector(self, in_channels: int, out_channels: int, *, bn: bool) -> MGDGenerator:
+        return MGDGenerator(in_channels, out_channels, mask_ratio=self.mask_ratio)
+
+    def forward(self, s: Tensor, t: Tensor) -> Tensor:
+        return F.mse_loss(s.float(), t.detach().float())
+
+
 FEATURE_LOSSES: dict[str, type[nn.Module]] = {
     "fitnet": FitNetLoss,
     "at": ATLoss,
     "sp": SPLoss,
     "cc": CCLoss,
     "cwd": CWDFeatureLoss,
+    "pkd": PKDLoss,
+    "score_l2": ScoreL2Loss,
+    "mgd": MGDLoss,
 }
 
 
@@ -158,11 +267,12 @@ class FeatureDistiller(nn.Module):
     Args (typed values of the ``distill.feat_kd`` config section, validated by ``mtkd.config`` and only there;
     defaults from there):
         names: feature names to distill (keys of ``MultiTaskOutput.features``), e.g. ``["p3", "p4", "p5"]``.
-        kind: ``"fitnet" | "at" | "sp" | "cc" | "cwd"`` (see module docstring for which use connectors).
+        kind: a key of ``FEATURE_LOSSES`` (see the module docstring for which use connectors).
         weight: the ``feat_weight`` of the combination; stored here, applied by ``DistillLoss``.
         student_channels / teacher_channels: ``{name: C}``; when both are given, ``build`` runs at once.
         connector_bn: BatchNorm after each connector conv.
-        **loss_kwargs: passed to the loss (``p`` for AT, ``kernel/gamma/order`` for CC, ``temperature`` for CWD).
+        **loss_kwargs: passed to the loss (``p`` for AT, ``kernel/gamma/order`` for CC, ``temperature`` for CWD,
+            ``mask_ratio`` for MGD).
 
     Connector losses need ``build(student_channels, teacher_channels)`` (or the ``from_features`` builder)
     **before the optimizer is created**, so the connector parameters are optimized; calling ``forward`` on an
@@ -205,9 +315,10 @@ class FeatureDistiller(nn.Module):
                     + did_you_mean(missing[0], [str(k) for k in chans])
                 )
         if self.uses_connector:
+            make = getattr(self.loss, "make_connector", Connector)
             self.connectors = nn.ModuleDict(
                 {
-                    _module_key(n): Connector(
+                    _module_key(n): make(
                         int(student_channels[n]), int(teacher_channels[n]), bn=self.connector_bn
                     )
                     for n in self.names
@@ -226,8 +337,15 @@ class FeatureDistiller(nn.Module):
             {n: int(f.shape[1]) for n, f in s_feats.items()}, {n: int(f.shape[1]) for n, f in t_feats.items()}
         )
 
-    def forward(self, s_feats: Mapping[str, Tensor], t_feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def forward(
+        self, s_feats: Mapping[str, Tensor], t_feats: Mapping[str, Tensor], t_det: DetOutput | None = None
+    ) -> dict[str, Tensor]:
         """Unweighted feature KD.
+
+        Args:
+            s_feats, t_feats: ``{name: [B, C, H, W]}`` of student and teacher.
+            t_det: the teacher's ``DetOutput``; needed (and only read) by losses weighted by the teacher's
+                confidence (``score_l2``): ``CompatibilityError`` when it is missing for them.
 
         Returns:
             ``feat_kd``: mean over ``names`` of the per-name losses, and ``feat_kd_<name>`` for each name
@@ -238,6 +356,14 @@ class FeatureDistiller(nn.Module):
                 "FeatureDistiller is not built: call build(student_channels, teacher_channels) or "
                 "FeatureDistiller.from_features(...) before creating the optimizer"
             )
+        conf = None
+        if getattr(self.loss, "needs_teacher_confidence", False):
+            if t_det is None:
+                raise CompatibilityError(
+                    f"distill.feat_kd.kind={self.kind!r} weights by the teacher's detection confidence, but the "
+                    "teacher has no det output; use another kind"
+                )
+            conf = confidence_maps(t_det)
         out: dict[str, Tensor] = {}
         for name in self.names:
             for side, feats in (("student", s_feats), ("teacher", t_feats)):
@@ -262,6 +388,7 @@ class FeatureDistiller(nn.Module):
                 s = conn(s)
             if self.loss.needs_same_size:
                 s = resize_like(s, tuple(t.shape[-2:]))
-            out[f"feat_kd_{name}"] = self.loss(s, t)
+            extra = () if conf is None else (confidence_at(conf, tuple(t.shape[-2:])),)
+            out[f"feat_kd_{name}"] = self.loss(s, t, *extra)
         out["feat_kd"] = torch.stack([out[f"feat_kd_{n}"] for n in self.names]).mean()
         return out

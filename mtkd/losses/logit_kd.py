@@ -1,4 +1,4 @@
-"""Logit distillation: segmentation (pixel-wise KL, channel-wise CWD) and detection (MSE, LD).
+"""Logit distillation: segmentation (pixel-wise KL, channel-wise CWD, relational DIST) and detection (MSE, LD).
 
 Conventions shared by every function here:
     - the teacher tensors are detached inside (defensive: no gradient can reach the teacher);
@@ -102,6 +102,70 @@ def seg_cwd(s: Tensor, t: Tensor, *, temperature: float = 1.0) -> Tensor:
     """
     _check_same("student seg", s, "teacher seg", t, slice(0, 2))
     return channel_wise_kl(s, resize_like(t.detach(), tuple(s.shape[-2:])), temperature=temperature)
+
+
+def _pearson(a: Tensor, b: Tensor, dim: int, keep: Tensor | None = None) -> Tensor:
+    """Pearson correlation of ``a`` and ``b`` along ``dim`` (``eps = 1e-8`` in the denominator, as in the DIST
+    authors' code); with ``keep`` (0/1 weights broadcastable to ``a``) only the kept entries count."""
+    if keep is None:
+        a, b = a - a.mean(dim, keepdim=True), b - b.mean(dim, keepdim=True)
+    else:
+        n = keep.sum(dim, keepdim=True).clamp_min(1.0)
+        a = (a - (a * keep).sum(dim, keepdim=True) / n) * keep
+        b = (b - (b * keep).sum(dim, keepdim=True) / n) * keep
+    return (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim) + 1e-8)
+
+
+def seg_dist(
+    s: Tensor,
+    t: Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    tau: float = 1.0,
+    ignore_mask: Tensor | None = None,
+) -> Tensor:
+    """DIST (Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher") on segmentation logits.
+
+    Matches *relations* instead of values, which tolerates a teacher much stronger than the student. Every
+    (non-ignored) pixel ``n`` of the batch is an instance with class probabilities ``p = softmax(z / tau)``:
+
+        inter = 1 - mean_n pearson_c(p_s[n, :], p_t[n, :])    per-pixel ranking of the classes
+        intra = 1 - mean_c pearson_n(p_s[:, c], p_t[:, c])    per-class ranking of the pixels (whole batch)
+        loss  = tau^2 * (beta * inter + gamma * intra)
+
+    as in the authors' segmentation code (``hunto/DIST_KD``: pixels as instances, beta = gamma = 1, no
+    temperature, i.e. tau = 1) with the ``tau^2`` factor of their classification code. ``tau`` is this loss's
+    own option (``distill.seg_kd_options.tau``), not the ``temperature`` schedule. Each term lies in ``[0, 2]``.
+
+    Args:
+        s: student logits ``[B, C, h, w]``.
+        t: teacher logits ``[B, C, H, W]``; bilinearly resized to ``(h, w)`` when sizes differ. Detached.
+        beta, gamma: weights of the inter- and intra-class terms (``>= 0``); tau: ``> 0``.
+        ignore_mask: optional bool ``[B, H', W']``, True = pixel excluded from both terms (as in ``seg_kl``);
+            resized to ``(h, w)`` with nearest neighbour. Masked sums, no boolean indexing (no host sync).
+
+    Returns:
+        0-d float32 tensor. If every pixel is ignored: 0, still connected to ``s`` (zero gradient).
+    """
+    _check_same("student seg", s, "teacher seg", t, slice(0, 2))
+    if s.dim() != 4:
+        raise CompatibilityError(f"seg logits must be [B, C, h, w], got student seg {tuple(s.shape)}")
+    c = s.shape[1]
+    p_s = F.softmax(s.float() / tau, dim=1).movedim(1, -1).reshape(-1, c)  # [N, C], N = B*h*w
+    with torch.no_grad():
+        t = resize_like(t.detach().float(), tuple(s.shape[-2:]))
+        p_t = F.softmax(t / tau, dim=1).movedim(1, -1).reshape(-1, c)
+        keep = None
+        if ignore_mask is not None:
+            keep = (~_resize_mask(ignore_mask, tuple(s.shape[-2:]), batch=s.shape[0])).float().reshape(-1, 1)
+            n_keep = keep.sum()
+    if keep is not None and not bool(n_keep > 0):
+        return s.sum() * 0.0  # every pixel ignored: 0, still connected to s
+    r_pixel = _pearson(p_s, p_t, dim=1)  # [N]
+    inter = 1.0 - (r_pixel.mean() if keep is None else (r_pixel * keep[:, 0]).sum() / n_keep)
+    intra = 1.0 - _pearson(p_s, p_t, dim=0, keep=keep).mean()  # [C] correlations over the kept pixels
+    return tau**2 * (beta * inter + gamma * intra)
 
 
 def _weighted_mean(per_anchor: Tensor, weight: Tensor | None) -> Tensor:
