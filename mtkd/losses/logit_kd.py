@@ -63,10 +63,10 @@ def seg_kl(s: Tensor, t: Tensor, *, temperature: float = 1.0, ignore_mask: Tenso
         if ignore_mask is not None:
             keep = (~_resize_mask(ignore_mask, tuple(s.shape[-2:]), batch=s.shape[0])).float()
             n_keep = keep.sum()
-    if keep is not None and not bool(n_keep > 0):
-        return s.sum() * 0.0  # every pixel ignored: 0, still connected to s
     kl = neg_entropy - (pt * F.log_softmax(s / temperature, dim=1)).sum(dim=1)  # [B, h, w]
-    mean = kl.mean() if keep is None else (kl * keep).sum() / n_keep  # masked mean without boolean indexing
+    # masked mean without boolean indexing or a host sync: every pixel ignored gives 0 / 1 = 0, still connected
+    # to s (zero gradient)
+    mean = kl.mean() if keep is None else (kl * keep).sum() / n_keep.clamp_min(1.0)
     return mean * temperature**2
 
 
