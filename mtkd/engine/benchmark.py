@@ -281,7 +281,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
         model = trainer.ema.ema if trainer.ema else trainer.student
         eval_s = []
-        for _ in range(2):  # the first pass starts the val loader's (persistent) workers, as training's first eval
+        # the first pass starts the val loader's (persistent) workers, as training's first evaluation does
+        for _ in range(2):
             sync(dev)
             t0 = time.perf_counter()
             ev = evaluate_model(model, trainer.val_loader, spec=trainer.spec, device=dev, progress=False)
