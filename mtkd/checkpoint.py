@@ -7,14 +7,14 @@ lists and dicts only. Layout::
       "format": "mtkd-checkpoint", "mtkd_version": "0.2.0",
       "model": {"arch": {...JSON-like, rebuilds the architecture incl. pruned widths...},
                 "state_dict": {name: tensor}},          # deployable weights (EMA weights when EMA is used)
-      "names": {"det": [...], "seg": [...]},
+      "names": {"det": [...], "seg": [...]},            # several seg tasks: {"det": [...], "seg_tasks": {task: [...]}}
       "config": {...resolved config...},               # {} when not from a training run
       "metrics": {...},                                # optional
       "train": {...},                                  # optional: epoch, optimizer, scheduler, ema, rng, ...
     }
 
 ``save_model`` / ``checkpoint_dict`` build that dict from a model (an adapter: anything with ``arch()``,
-``state_dict()``, ``det_names`` and ``seg_names``; a DDP wrapper is unwrapped); ``save_checkpoint`` writes a dict
+``state_dict()``, ``det_names`` and ``seg_tasks`` or ``seg_names``; a DDP wrapper is unwrapped); ``save_checkpoint`` writes a dict
 atomically; ``load_checkpoint`` reads one safely. Rebuilding the model is ``mtkd.models.load_model``.
 """
 
@@ -132,6 +132,34 @@ def model_state(model: Any, state_dict: Mapping[str, torch.Tensor] | None = None
     return {"arch": model.arch(), "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()}}
 
 
+def model_names(model: Any) -> dict[str, Any]:
+    """The class names a model declares, in the checkpoint's ``names`` layout: ``{"det": [...], "seg": [...]}``
+    for a single-task (or det-only, ``"seg": []``) model, ``{"det": [...], "seg_tasks": {task: [...]}}`` for a
+    model with several seg tasks (``model.seg_tasks``)."""
+    tasks = dict(getattr(model, "seg_tasks", None) or {})
+    if tasks and list(tasks) != ["seg"]:
+        return {"det": list(model.det_names), "seg_tasks": tasks}
+    return {"det": list(model.det_names), "seg": list(tasks.get("seg", getattr(model, "seg_names", [])))}
+
+
+def checkpoint_names(names: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain copy of a ``names`` record (lists, and ``seg_tasks`` as ``{task: [...]}``); ``seg_tasks`` that hold only
+    the single task ``"seg"`` are written in the single-task layout ``"seg": [...]``."""
+    out: dict[str, Any] = {}
+    for key, value in names.items():
+        if key == "seg_tasks" and isinstance(value, Mapping):
+            tasks = {
+                str(t): list(getattr(v, "names", v)) for t, v in value.items()
+            }  # names, or DataSpec SegTasks
+            if list(tasks) == ["seg"]:
+                out["seg"] = tasks["seg"]
+            else:
+                out["seg_tasks"] = tasks
+        else:
+            out[key] = list(value)
+    return out
+
+
 def checkpoint_dict(
     model: Any,
     *,
@@ -148,13 +176,13 @@ def checkpoint_dict(
         metrics: evaluation / provenance records (optional).
         train: training state for resuming (optional; ``epoch``, ``optimizer``, ...).
         state_dict: weights to store instead of the model's own (e.g. EMA weights).
-        names: ``{"det": [...], "seg": [...]}`` class names to record instead of the model's (a training run
-            records its dataset's).
+        names: ``{"det": [...], "seg": [...]}`` or ``{"det": [...], "seg_tasks": {task: [...]}}`` class names to
+            record instead of the model's (a training run records its dataset's).
     """
     inner = getattr(model, "module", model)
     ckpt: dict[str, Any] = {
         "model": model_state(inner, state_dict),
-        "names": {k: list(v) for k, v in (names or {"det": inner.det_names, "seg": inner.seg_names}).items()},
+        "names": checkpoint_names(names or model_names(inner)),
         "config": dict(config or {}),
     }
     if metrics is not None:

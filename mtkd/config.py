@@ -33,8 +33,13 @@ import yaml
 from mtkd.errors import ConfigError
 from mtkd.utils import yaml_load
 from mtkd.utils.atomic import write_text
-from mtkd.utils.suggest import did_you_mean
-from mtkd.utils.typed_config import Schedulable, build_dataclass, check_value, coerce, field_meta, plain
+from mtkd.utils.typed_config import (
+    Schedulable,
+    build_dataclass,
+    field_meta,
+    plain,
+    typed_options,
+)
 
 
 def _imgsz_check(v: int) -> str | None:
@@ -112,6 +117,12 @@ FEAT_KD_OPTIONS: dict[str, dict[str, tuple[type, dict]]] = {
     },
 }
 
+#: ``seg_tasks.<task>`` options (a dataset with several seg tasks): the task's own ``alpha_seg`` / ``ratio_seg``
+SEG_TASK_OPTIONS: dict[str, tuple[Any, dict]] = {
+    "alpha": (Schedulable, field_meta("the task's seg KD mix", range_=_UNIT)),
+    "ratio": (float, field_meta("the task's weight in the loss", range_=_NON_NEGATIVE)),
+}
+
 #: ``distill.seg_kd_options`` per ``distill.seg_kd`` kind, like ``FEAT_KD_OPTIONS``; an option not given takes the
 #: default of its loss function (``mtkd.losses.logit_kd``), the only default it has.
 SEG_KD_OPTIONS: dict[str, dict[str, tuple[type, dict]]] = {
@@ -123,22 +134,6 @@ SEG_KD_OPTIONS: dict[str, dict[str, tuple[type, dict]]] = {
         "tau": (float, field_meta("softmax temperature (not the schedule)", range_=_POSITIVE)),
     },
 }
-
-
-def _typed_options(key: str, kind: str, options: Mapping, table: Mapping[str, Mapping]) -> dict:
-    """``options`` of ``kind`` checked against ``table[kind]`` and coerced to their types; ``ConfigError`` naming
-    ``key`` for an option the kind does not have or a bad value."""
-    allowed, out = table.get(kind, {}), {}
-    for k, v in options.items():
-        if k not in allowed:
-            valid = ", ".join(allowed) or "none"
-            raise ConfigError(
-                f"{key}: {k!r} is not an option of kind {kind!r}{did_you_mean(str(k), list(allowed))}; "
-                f"its options: {valid}"
-            )
-        out[k] = coerce(f"{key}.{k}", v, allowed[k][0])
-        check_value(f"{key}.{k}", out[k], allowed[k][1])
-    return out
 
 
 @dataclass(frozen=True)
@@ -157,7 +152,7 @@ class FeatKDConfig:
             raise ConfigError(
                 f"distill.feat_kd.names: duplicate feature names (dots count as '_'): {list(self.names)}"
             )
-        options = _typed_options("distill.feat_kd.options", self.kind, self.options, FEAT_KD_OPTIONS)
+        options = typed_options("distill.feat_kd.options", self.kind, self.options, FEAT_KD_OPTIONS)
         object.__setattr__(self, "options", options)
 
 
@@ -174,7 +169,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         """``seg_kd_options`` of ``seg_kd`` only (coerced to their type)."""
-        options = _typed_options("distill.seg_kd_options", self.seg_kd, self.seg_kd_options, SEG_KD_OPTIONS)
+        options = typed_options("distill.seg_kd_options", self.seg_kd, self.seg_kd_options, SEG_KD_OPTIONS)
         object.__setattr__(self, "seg_kd_options", options)
 
 
@@ -304,8 +299,22 @@ class TrainConfig:
     tensorboard: bool = field(default=True, metadata=field_meta("write TensorBoard logs to the run dir"))
     optim: OptimConfig = field(default_factory=OptimConfig, metadata=field_meta("optimizer and LR schedule"))
     distill: DistillConfig = field(default_factory=DistillConfig, metadata=field_meta("distillation options"))
+    seg_tasks: dict = field(
+        default_factory=dict,
+        metadata=field_meta(
+            "per seg task of a seg_tasks dataset: {task: {alpha, ratio}} (else alpha_seg, ratio_seg)"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        tasks = {}
+        for task, opts in self.seg_tasks.items():
+            if not isinstance(opts, Mapping):
+                raise ConfigError(f"seg_tasks.{task}: expected a mapping {{alpha, ratio}}, got {opts!r}")
+            tasks[str(task)] = typed_options(
+                f"seg_tasks.{task}", "seg task", opts, {"seg task": SEG_TASK_OPTIONS}
+            )
+        object.__setattr__(self, "seg_tasks", tasks)
         if self.amp == "fp16" and self.device == "cpu":
             raise ConfigError("amp: 'fp16' needs a CUDA device (device=cpu); use amp=bf16 or amp=off on CPU")
         if self.teacher is not None and self.distill.off_last_epochs >= self.epochs:

@@ -71,7 +71,7 @@ def training_checkpoint(t: Trainer, *, epoch: int, step: int, best: bool = False
         config=t.cfg.to_dict(),
         metrics=t.metrics,
         train=train,
-        names={"det": t.spec.det_names, "seg": t.spec.seg_names},
+        names={"det": t.spec.det_names, "seg_tasks": t.spec.seg_tasks},
     )
 
 

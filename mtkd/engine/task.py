@@ -41,13 +41,23 @@ class TrainTask(nn.Module):
         student: the model being trained (``model(images) -> MultiTaskOutput``).
         task_loss: ``TaskLoss`` of the student (``task_loss(out, batch) -> {seg_loss, det_loss, ...}``).
         ratio_seg, ratio_det: task weights (config keys of the same names).
+        seg_ratios: per seg task weights of a several-task model (config ``seg_tasks.<task>.ratio``).
     """
 
-    def __init__(self, student: nn.Module, task_loss: Any, *, ratio_seg: float, ratio_det: float) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        task_loss: Any,
+        *,
+        ratio_seg: float,
+        ratio_det: float,
+        seg_ratios: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self.student = student
         self.task_loss = task_loss
         self.ratio_seg, self.ratio_det = ratio_seg, ratio_det
+        self.seg_ratios = dict(seg_ratios or {})
 
     @property
     def feature_names(self) -> list[str]:
@@ -58,7 +68,12 @@ class TrainTask(nn.Module):
         from mtkd.losses.combine import plain_loss
 
         out = self.student(batch["images"].float())
-        return plain_loss(self.task_loss(out, batch), ratio_seg=self.ratio_seg, ratio_det=self.ratio_det)
+        return plain_loss(
+            self.task_loss(out, batch),
+            ratio_seg=self.ratio_seg,
+            ratio_det=self.ratio_det,
+            seg_ratios=self.seg_ratios,
+        )
 
     def train_state(self) -> dict[str, Any]:
         """The task's fields of the training state (``last.pt`` ``train.<name>``) besides the student's weights."""
@@ -83,7 +98,13 @@ class DistillTask(TrainTask):
     """
 
     def __init__(self, student: nn.Module, task_loss: Any, teacher: nn.Module, distill: nn.Module) -> None:
-        super().__init__(student, task_loss, ratio_seg=distill.ratio_seg, ratio_det=distill.ratio_det)
+        super().__init__(
+            student,
+            task_loss,
+            ratio_seg=distill.ratio_seg,
+            ratio_det=distill.ratio_det,
+            seg_ratios=distill.task_ratio,
+        )
         self.distill = distill  # registered after the student: the optimizer sees student, then connectors
         self.__dict__["teacher"] = teacher  # a plain attribute, not a submodule (outside DDP and state_dict)
 
@@ -118,13 +139,49 @@ class DistillTask(TrainTask):
 
 
 # ---------------------------------------------------------------------------------------------- construction
+def model_seg_tasks(model: nn.Module) -> dict[str, list[str]]:
+    """``{task: class names}`` of a model's seg outputs (``{"seg": seg_names}`` for a single-task model)."""
+    tasks = getattr(model, "seg_tasks", None)
+    if isinstance(tasks, Mapping) and tasks:
+        return {str(t): list(v) for t, v in tasks.items()}
+    names = list(getattr(model, "seg_names", []))
+    return {"seg": names} if names else {}
+
+
 def _check_names(model: nn.Module, spec: Any, who: str) -> None:
-    for task in ("det", "seg"):
-        have, want = list(getattr(model, f"{task}_names")), list(getattr(spec, f"{task}_names"))
-        if have and have != want:
+    have, want = list(model.det_names), list(spec.det_names)
+    if have and have != want:
+        raise CompatibilityError(
+            f"{who}: det classes {have} differ from the dataset's {want} ({spec.yaml_path})"
+        )
+    have_seg = model_seg_tasks(model)
+    want_seg = {t: st.names for t, st in spec.seg_tasks.items()}
+    if not have_seg:
+        return
+    if list(have_seg) != list(want_seg):
+        raise CompatibilityError(
+            f"{who}: seg tasks {', '.join(have_seg)} differ from the dataset's {', '.join(want_seg)} ({spec.yaml_path})"
+        )
+    for t, names in have_seg.items():
+        if names and names != want_seg[t]:
+            what = "seg classes" if t == "seg" else f"classes of seg task '{t}'"
             raise CompatibilityError(
-                f"{who}: {task} classes {have} differ from the dataset's {want} ({spec.yaml_path})"
+                f"{who}: {what} {names} differ from the dataset's {want_seg[t]} ({spec.yaml_path})"
             )
+
+
+def check_seg_task_options(cfg: TrainConfig, spec: Any) -> None:
+    """``ConfigError`` for ``seg_tasks.<task>`` options naming a task the dataset does not have."""
+    from mtkd.utils.suggest import did_you_mean
+
+    for t in cfg.seg_tasks:
+        if not spec.multi_seg:
+            raise ConfigError(
+                f"seg_tasks.{t}: the dataset {spec.yaml_path} has one seg task (seg_names); use alpha_seg/ratio_seg"
+            )
+        if t not in spec.seg_tasks:
+            hint = did_you_mean(t, list(spec.seg_tasks)) or f" (its tasks: {', '.join(spec.seg_tasks)})"
+            raise ConfigError(f"seg_tasks.{t}: the dataset {spec.yaml_path} has no seg task '{t}'{hint}")
 
 
 def build_student(cfg: TrainConfig, spec: Any, arch: dict | None = None) -> nn.Module:
@@ -140,6 +197,14 @@ def build_student(cfg: TrainConfig, spec: Any, arch: dict | None = None) -> nn.M
     elif cfg.student is not None:
         model = load_model(cfg.student, trust_code=cfg.trust_code)
         _check_names(model, spec, f"student {cfg.student}")
+    elif spec.multi_seg:
+        model = build_model(
+            cfg.model,
+            nc_det=spec.nc_det,
+            head=cfg.head,
+            det_names=spec.det_names,
+            seg_tasks={t: st.names for t, st in spec.seg_tasks.items()},
+        )
     else:
         model = build_model(
             cfg.model,
@@ -181,7 +246,10 @@ def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.de
 
     if cfg.teacher is None:
         task_loss = TaskLoss(student, ignore_index=spec.ignore_index)
-        task = TrainTask(student, task_loss, ratio_seg=cfg.ratio_seg, ratio_det=cfg.ratio_det)
+        ratios = {t: o["ratio"] for t, o in cfg.seg_tasks.items() if "ratio" in o}
+        task = TrainTask(
+            student, task_loss, ratio_seg=cfg.ratio_seg, ratio_det=cfg.ratio_det, seg_ratios=ratios
+        )
         return task.to(memory_format=torch.channels_last) if cfg.channels_last else task
     from mtkd.losses.combine import DistillLoss
     from mtkd.models import check_compatible, load_model

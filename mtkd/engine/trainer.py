@@ -56,7 +56,7 @@ from mtkd.engine.optim import build_optimizer, build_scheduler
 from mtkd.engine.rng import seed_all, set_rng_state
 from mtkd.engine.setup import RunLock, clean_stale_temps, planned_run_dir, prepare_run_dir, resolve_resume
 from mtkd.engine.state import load_train_state, restore_results, write_checkpoint
-from mtkd.engine.task import build_student, build_task, check_compile, compile_task
+from mtkd.engine.task import build_student, build_task, check_compile, check_seg_task_options, compile_task
 from mtkd.errors import ConfigError, MtkdError
 from mtkd.utils import dist as D
 from mtkd.utils.atomic import write_text
@@ -163,6 +163,7 @@ class Trainer:
             raise ConfigError(f"batch: {cfg.batch} is not divisible by the {world} DDP ranks")
         seed_all(cfg.seed)
         self.spec = load_data_yaml(cfg.data)
+        check_seg_task_options(cfg, self.spec)
         pin = self.device.type == "cuda"  # page-locked batches: asynchronous (non_blocking) copies to the GPU
         self.train_loader = build_dataloader(
             self.spec,
@@ -264,6 +265,11 @@ class Trainer:
                     torch.channels_last if self.cfg.channels_last and v.dim() == 4 else torch.preserve_format
                 )
                 out[k] = v.to(self.device, non_blocking=True, memory_format=fmt)
+            elif isinstance(v, dict):  # seg_masks: {task: [B, H, W]}
+                out[k] = {
+                    t: m.to(self.device, non_blocking=True) if isinstance(m, Tensor) else m
+                    for t, m in v.items()
+                }
         return out
 
     def backward(self, loss: Tensor) -> None:

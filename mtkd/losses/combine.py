@@ -6,6 +6,12 @@
     det_total = (1 - alpha_det) * det_loss + alpha_det * det_kd
     loss      = ratio_det * det_total + ratio_seg * seg_total + feat_weight * feat_kd
 
+A model with several seg tasks (``out.seg_tasks``, e.g. drivable + lane) has one ``seg_total_t`` per task ``t``,
+with the task's own ``alpha``/``ratio`` from ``seg_tasks`` (default ``alpha_seg``/``ratio_seg``), and
+``loss = ratio_det * det_total + sum_t ratio_t * seg_total_t + feat_weight * feat_kd``; every per-task term is
+logged as ``<term>/<task>`` (``seg_loss/lane``, ``seg_kd/lane``, ``seg_total/lane``) and ``seg_loss``, ``seg_kd``,
+``seg_total`` are their sums over the tasks.
+
 ``temperature``, ``alpha_seg`` and ``alpha_det`` may follow a ``Schedule`` over training progress. With
 ``distill.off_last_epochs = N`` every KD term is switched off for the last ``N`` of ``epochs`` epochs (mmyolo's
 two-stage schedule: the student ends on the task losses alone): ``DistillLoss.kd_active(progress)`` is false and
@@ -68,6 +74,8 @@ class DistillLoss(nn.Module):
         student_channels, teacher_channels: ``{name: C}`` to build the connectors at once.
         off_last_epochs, epochs: KD is off from epoch ``epochs - off_last_epochs`` on (0-based; module
             docstring); ``epochs`` is needed only when ``off_last_epochs > 0``.
+        seg_tasks: ``{task: {"alpha": ..., "ratio": ...}}`` per-task overrides of ``alpha_seg`` / ``ratio_seg`` for a
+            model with several seg tasks (the config's ``seg_tasks``).
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class DistillLoss(nn.Module):
         teacher_channels: Mapping[str, int] | None = None,
         off_last_epochs: int = DistillConfig.off_last_epochs,
         epochs: int | None = None,
+        seg_tasks: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         if off_last_epochs and epochs is None:
@@ -96,6 +105,12 @@ class DistillLoss(nn.Module):
         self.alpha_seg = Schedule.parse(alpha_seg, key="alpha_seg")
         self.alpha_det = Schedule.parse(alpha_det, key="alpha_det")
         self.ratio_seg, self.ratio_det = float(ratio_seg), float(ratio_det)
+        self.task_alpha = {
+            t: Schedule.parse(o["alpha"], key=f"seg_tasks.{t}.alpha")
+            for t, o in (seg_tasks or {}).items()
+            if "alpha" in o
+        }
+        self.task_ratio = {t: float(o["ratio"]) for t, o in (seg_tasks or {}).items() if "ratio" in o}
         self.seg_kd, self.seg_kd_options = seg_kd, dict(seg_kd_options or {})
         self.seg_ignore_index = seg_ignore_index
         self.det_kd = det_kd if det_kd is not None else DetKDConfig()
@@ -130,6 +145,7 @@ class DistillLoss(nn.Module):
             teacher_channels=teacher_channels,
             off_last_epochs=cfg.distill.off_last_epochs,
             epochs=cfg.epochs,
+            seg_tasks=cfg.seg_tasks,
         )
 
     def kd_active(self, progress: float) -> bool:
@@ -185,16 +201,10 @@ class DistillLoss(nn.Module):
         det_loss = task["det_loss"].float() if "det_loss" in task else zero
 
         seg_kd = zero
-        if s_out.seg is not None and t_out.seg is not None:
-            if self.seg_kd == "kl":
-                seg_kd = seg_kl(
-                    s_out.seg, t_out.seg, temperature=temp, ignore_mask=self._ignore_mask(batch, s_out.seg)
-                )
-            elif self.seg_kd == "dist":
-                ignore = self._ignore_mask(batch, s_out.seg)
-                seg_kd = seg_dist(s_out.seg, t_out.seg, ignore_mask=ignore, **self.seg_kd_options)
-            else:
-                seg_kd = seg_cwd(s_out.seg, t_out.seg, temperature=temp)
+        if s_out.multi_seg:
+            seg = self._seg_tasks(s_out, t_out, task, temp, a_seg, batch, progress)
+        elif s_out.seg is not None and t_out.seg is not None:
+            seg_kd = self._seg_kd(s_out.seg, t_out.seg, temp, self._ignore_mask(batch, s_out.seg))
         else:
             _require_teacher("seg", s_out.seg, t_out.seg, a_seg * self.ratio_seg)
 
@@ -220,7 +230,17 @@ class DistillLoss(nn.Module):
             feat_kd, feat_w = feat_terms.pop("feat_kd"), self.feature.weight
             out.update(feat_terms)
 
-        seg_total = (1.0 - a_seg) * seg_loss + a_seg * seg_kd
+        if s_out.multi_seg:  # per-task terms and their sums; weighted_seg = sum_t ratio_t * seg_total_t
+            out.update(seg["terms"])
+            seg_loss, seg_kd, seg_total, weighted_seg = (
+                seg["seg_loss"],
+                seg["seg_kd"],
+                seg["seg_total"],
+                seg["weighted"],
+            )
+        else:
+            seg_total = (1.0 - a_seg) * seg_loss + a_seg * seg_kd
+            weighted_seg = self.ratio_seg * seg_total
         det_total = (1.0 - a_det) * det_loss + a_det * det_terms["det_kd"]
         out.update(
             seg_loss=seg_loss,
@@ -230,20 +250,78 @@ class DistillLoss(nn.Module):
             seg_total=seg_total,
             det_total=det_total,
             **det_terms,
-            loss=self.ratio_det * det_total + self.ratio_seg * seg_total + feat_w * feat_kd,
+            loss=self.ratio_det * det_total + weighted_seg + feat_w * feat_kd,
             temperature=zero.new_tensor(temp),
             alpha_seg=zero.new_tensor(a_seg),
             alpha_det=zero.new_tensor(a_det),
         )
         return out
 
+    def _seg_kd(self, s: Tensor, t: Tensor, temp: float, ignore: Tensor | None) -> Tensor:
+        """The configured seg logit KD of student ``s`` and teacher ``t`` logits ``[B, C, h, w]``."""
+        if self.seg_kd == "kl":
+            return seg_kl(s, t, temperature=temp, ignore_mask=ignore)
+        if self.seg_kd == "dist":
+            return seg_dist(s, t, ignore_mask=ignore, **self.seg_kd_options)
+        return seg_cwd(s, t, temperature=temp)
+
+    def _seg_tasks(
+        self,
+        s_out: MultiTaskOutput,
+        t_out: MultiTaskOutput,
+        task: Mapping[str, Tensor],
+        temp: float,
+        a_seg: float,
+        batch: Mapping[str, Any] | None,
+        progress: float,
+    ) -> dict[str, Any]:
+        """Per seg task ``t``: ``seg_kd/t``, ``seg_total/t`` (with the task's alpha) and the sums (module docstring)."""
+        s_segs, t_segs = s_out.seg_outputs, t_out.seg_outputs
+        masks = (batch or {}).get("seg_masks") or {}
+        zero = zero_like(next(iter(s_segs.values())))
+        terms: dict[str, Tensor] = {}
+        sums = {"seg_loss": zero, "seg_kd": zero, "seg_total": zero, "weighted": zero}
+        for name, s in s_segs.items():
+            a = self.task_alpha[name](progress) if name in self.task_alpha else a_seg
+            ratio = self.task_ratio.get(name, self.ratio_seg)
+            loss_t = task[f"seg_loss/{name}"].float() if f"seg_loss/{name}" in task else zero
+            kd_t = zero
+            if name in t_segs:
+                ignore = None
+                if self.seg_ignore_index is not None and name in masks:
+                    ignore = masks[name].to(s.device) == self.seg_ignore_index
+                kd_t = self._seg_kd(s, t_segs[name], temp, ignore)
+            elif a * ratio > 0:
+                raise CompatibilityError(
+                    f"the teacher has no output for seg task '{name}' but its alpha > 0 (and ratio > 0): set "
+                    f"seg_tasks.{name}.alpha=0 or use a teacher with a '{name}' head"
+                )
+            total_t = (1.0 - a) * loss_t + a * kd_t
+            terms.update(
+                {
+                    f"seg_kd/{name}": kd_t,
+                    f"seg_total/{name}": total_t,
+                    f"alpha_seg/{name}": zero.new_tensor(a),
+                }
+            )
+            for k, v in (
+                ("seg_loss", loss_t),
+                ("seg_kd", kd_t),
+                ("seg_total", total_t),
+                ("weighted", ratio * total_t),
+            ):
+                sums[k] = sums[k] + v
+        return {**sums, "terms": terms}
+
     def _kd_off(self, task: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``plain_loss(task)`` (bitwise the loss of plain training) plus ``feat_kd_<name>`` zeros, so the columns
         stay those of the distilled epochs. The connectors get zero gradients (``0 * sum(params)`` added: exact,
         the parameters are finite) rather than none, so DDP, which expects every parameter in every step, works."""
-        out = plain_loss(task, ratio_seg=self.ratio_seg, ratio_det=self.ratio_det)
+        out = plain_loss(task, ratio_seg=self.ratio_seg, ratio_det=self.ratio_det, seg_ratios=self.task_ratio)
         zero = out["feat_kd"]
         out.update({f"feat_kd_{n}": zero for n in self.feature_names})
+        for name in seg_task_names(task):
+            out.update({f"seg_kd/{name}": zero, f"alpha_seg/{name}": zero})
         params = [p for p in self.parameters() if p.requires_grad]
         if params:
             out["loss"] = out["loss"] + 0.0 * sum(p.sum() for p in params)
@@ -274,8 +352,8 @@ def _feature_distiller(cfg: FeatKDConfig) -> FeatureDistiller | None:
 
 def _reference(s_out: MultiTaskOutput, task: Mapping[str, Tensor]) -> Tensor | None:
     """Any tensor of the step, to put zeros on the right device."""
-    if s_out.seg is not None:
-        return s_out.seg
+    if s_out.seg_outputs:
+        return next(iter(s_out.seg_outputs.values()))
     if s_out.det is not None:
         return s_out.det.cls
     return next((v for v in task.values() if isinstance(v, Tensor)), None)
@@ -290,13 +368,20 @@ def _require_teacher(task_name: str, s: Any, t: Any, weight: float) -> None:
         )
 
 
+def seg_task_names(task: Mapping[str, Tensor]) -> list[str]:
+    """The seg tasks of a several-task model's task losses (their ``seg_loss/<task>`` keys), in order."""
+    return [k.split("/", 1)[1] for k in task if k.startswith("seg_loss/")]
+
+
 def plain_loss(
     task: Mapping[str, Tensor],
     *,
     ratio_seg: float = TrainConfig.ratio_seg,
     ratio_det: float = TrainConfig.ratio_det,
+    seg_ratios: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
-    """Training without a teacher: ``loss = ratio_det * det_loss + ratio_seg * seg_loss``.
+    """Training without a teacher: ``loss = ratio_det * det_loss + ratio_seg * seg_loss`` (several seg tasks:
+    ``+ sum_t ratio_t * seg_loss_t``, ``ratio_t`` from ``seg_ratios``, default ``ratio_seg``).
 
     Returns the same keys as ``DistillLoss.forward`` (``MAIN_KEYS`` + ``EXTRA_KEYS`` + task sub-terms) with
     every KD term, ``temperature`` and the alphas set to 0, so logs have the same columns either way (only the
@@ -310,5 +395,14 @@ def plain_loss(
     out.update({k: zero for k in ("seg_kd", "det_kd", "feat_kd", "det_kd_box", "det_kd_obj", "det_kd_cls")})
     out.update({k: zero for k in ("temperature", "alpha_seg", "alpha_det")})
     out.update(seg_loss=seg_loss, det_loss=det_loss, seg_total=seg_loss, det_total=det_loss)
-    out["loss"] = ratio_det * det_loss + ratio_seg * seg_loss
+    names = seg_task_names(task)
+    if not names:
+        out["loss"] = ratio_det * det_loss + ratio_seg * seg_loss
+        return out
+    weighted = zero
+    for name in names:
+        loss_t = task[f"seg_loss/{name}"].float()
+        out.update({f"seg_kd/{name}": zero, f"seg_total/{name}": loss_t, f"alpha_seg/{name}": zero})
+        weighted = weighted + (seg_ratios or {}).get(name, ratio_seg) * loss_t
+    out["loss"] = ratio_det * det_loss + weighted
     return out

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtkd.errors import CompatibilityError
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
 
 #: default gains: YOLOv5 hyp.scratch-low (anchor) and Ultralytics default.yaml (anchor-free)
@@ -133,6 +134,8 @@ class TaskLoss:
 
     ``__call__(out, batch)`` -> ``{"det_loss", "det_box", "det_cls", "det_obj" (anchor) | "det_dfl" (anchor-free),
     "seg_loss", "seg_ce", "seg_dice" (if dice_weight > 0)}``, scalars with grads; a task the model lacks is omitted.
+    An output with several seg tasks (``out.seg_tasks``) gives those seg terms per task as ``<term>/<task>``
+    (``seg_loss/lane``, ``seg_ce/lane``, ...) against ``batch["seg_masks"][task]``, and ``seg_loss`` = their sum.
     """
 
     def __init__(
@@ -148,7 +151,9 @@ class TaskLoss:
     ) -> None:
         model = getattr(model, "module", model)
         self.spec = model.det_spec()
-        self.nc_seg = int(model.nc_seg)
+        tasks = getattr(model, "seg_tasks", None)  # several seg tasks: per-task losses from the output itself
+        several = isinstance(tasks, dict) and bool(tasks) and list(tasks) != ["seg"]
+        self.nc_seg = sum(len(v) for v in tasks.values()) if several else int(model.nc_seg)
         self.ignore_index = int(ignore_index)
         self.dice_weight = float(dice_weight)
         self._dice = None
@@ -219,6 +224,20 @@ class TaskLoss:
         losses: dict[str, Tensor] = {}
         if out.det is not None and self.spec is not None:
             losses.update(self.det(out.det, batch))
-        if out.seg is not None and self.nc_seg:
+        if out.multi_seg:
+            masks = batch.get("seg_masks")
+            if not isinstance(masks, dict) or set(out.seg_tasks) - set(masks):
+                have = ", ".join(masks) if isinstance(masks, dict) else "none"
+                raise CompatibilityError(
+                    f"the model has seg tasks {', '.join(out.seg_tasks)} but the batch has masks for: {have} "
+                    "(train a several-task model on a seg_tasks dataset with the same task names)"
+                )
+            total = None
+            for task, logits in out.seg_tasks.items():
+                terms = self.seg(logits, masks[task])
+                losses.update({f"{k}/{task}": v for k, v in terms.items()})
+                total = terms["seg_loss"] if total is None else total + terms["seg_loss"]
+            losses["seg_loss"] = total
+        elif out.seg is not None and self.nc_seg:
             losses.update(self.seg(out.seg, batch["masks"]))
         return losses

@@ -2,7 +2,7 @@
 
 ``build_model`` and ``build_from_arch`` dispatch on the adapter name to the ``ADAPTER`` class of
 ``mtkd.models.adapters.<name>`` (imported lazily, so the ``smp`` adapter's imports are paid only when used) and
-call its protocol classmethods ``from_config(config, nc_det, nc_seg, det_names, seg_names)`` /
+call its protocol classmethods ``from_config(config, nc_det, nc_seg, det_names, seg_names, seg_tasks=)`` /
 ``from_arch(arch, *, trust_code, where)`` (``mtkd.models.adapters.base.MultiTaskAdapter``).
 """
 
@@ -57,6 +57,17 @@ def _names(nc: int | None, names: Sequence[str] | None, task: str) -> list[str]:
     return [f"class{i}" for i in range(nc)]
 
 
+def _takes_head(config: Mapping[str, Any]) -> bool:
+    """Whether ``build_model(head=...)`` applies to a dict config: not when its adapter's model fixes the head kind
+    (``head_from_model``, e.g. Ultralytics), nor for a composite whose det member is such an adapter."""
+    if config.get("adapter") == "composite":
+        det = config.get("det")
+        return not isinstance(det, Mapping) or _takes_head(det)
+    if config.get("adapter") not in ADAPTERS:
+        return True  # the unknown adapter is reported by the caller
+    return not getattr(_adapter_class(config["adapter"], "model config 'adapter'"), "head_from_model", False)
+
+
 def build_model(
     name_or_config: str | Mapping[str, Any],
     *,
@@ -65,6 +76,7 @@ def build_model(
     head: str | None = None,
     det_names: Sequence[str] | None = None,
     seg_names: Sequence[str] | None = None,
+    seg_tasks: Mapping[str, Sequence[str]] | None = None,
     **kw: Any,
 ) -> MultiTaskAdapter:
     """Build a fresh (unpruned, randomly initialised) model.
@@ -73,8 +85,13 @@ def build_model(
         name_or_config: ``"yolo_mt_n" | "yolo_mt_s" | "yolo_mt_m"`` (native family) or a config dict with
             ``"adapter": "native" | "ultralytics" | "smp" | "composite" | "generic"`` plus that adapter's keys.
         nc_det, nc_seg: class counts (or give ``det_names``/``seg_names``; placeholder names ``class<i>`` otherwise).
+        seg_tasks: instead of ``nc_seg``/``seg_names``, the seg tasks ``{task: class names}``, e.g.
+            ``{"drivable": [...], "lane": [...]}`` (one seg head/output per task; adapters ``native``, ``generic``
+            and ``composite``). ``{"seg": names}`` is ``seg_names=names``, so
+            ``seg_tasks={t: st.names for t, st in spec.seg_tasks.items()}`` fits any ``DataSpec``.
         head: detection head kind for the native family (``"anchor"`` default, or ``"anchor_free"``); for a
-            dict config it fills ``config["head"]`` only when the config has none.
+            dict config it fills ``config["head"]`` only when the config has none and the adapter takes a head
+            choice (not Ultralytics models, whose head kind is inferred from the model: ``head_from_model``).
         **kw: extra adapter config keys (native: ``anchors``, ``reg_max``), merged into the config.
 
     Returns the adapter module; ``model(images)`` returns a ``MultiTaskOutput``. Raises ``ConfigError``.
@@ -92,15 +109,21 @@ def build_model(
         config = {**dict(name_or_config), **kw}
         if "adapter" not in config:
             raise ConfigError(f"model config: missing key 'adapter' (one of {list(ADAPTERS)})")
-        if head is not None and "head" not in config:
+        if head is not None and "head" not in config and _takes_head(config):
             config["head"] = head
     else:
         raise ConfigError(
             f"build_model: expected a model name or a config dict, got {type(name_or_config).__name__}"
         )
     det = _names(nc_det, det_names, "det")
-    seg = _names(nc_seg, seg_names, "seg")
     module = _adapter_class(config["adapter"], "model config 'adapter'")
+    if seg_tasks is not None:
+        if nc_seg is not None or seg_names is not None:
+            raise ConfigError(
+                "build_model: give nc_seg/seg_names (one seg task) or seg_tasks (several), not both"
+            )
+        return module.from_config(config, len(det), None, det, None, seg_tasks=seg_tasks)
+    seg = _names(nc_seg, seg_names, "seg")
     return module.from_config(config, len(det), len(seg), det, seg)
 
 

@@ -28,9 +28,10 @@ def check_compatible(teacher: nn.Module, student: nn.Module, *, anchor_rtol: flo
     """Raise ``CompatibilityError`` naming the first difference that makes logit distillation meaningless.
 
     Compares the detection heads (``det_spec()``: kind, number of classes, strides, anchors within
-    ``anchor_rtol``, DFL ``reg_max``), the number of segmentation classes, and the class names when both models
-    carry real names (placeholder names ``class0, class1, ...`` are not compared). Models without a detection
-    (segmentation) head are compatible only with models without one too.
+    ``anchor_rtol``, DFL ``reg_max``), the segmentation tasks (``seg_tasks``: the same task names, and per task the
+    number of classes), and the class names when both models carry real names (placeholder names
+    ``class0, class1, ...`` are not compared). Models without a detection (segmentation) head are compatible only
+    with models without one too.
     """
     t, s = _unwrap(teacher), _unwrap(student)
     ts, ss = t.det_spec(), s.det_spec()
@@ -57,9 +58,25 @@ def check_compatible(teacher: nn.Module, student: nn.Module, *, anchor_rtol: flo
                         raise _fail("det anchors (w, h pixels)", ta, sa)
         if ts.reg_max != ss.reg_max:
             raise _fail("det reg_max (DFL bins)", ts.reg_max, ss.reg_max)
-    if t.nc_seg != s.nc_seg:
-        raise _fail("seg classes", t.nc_seg, s.nc_seg)
-    for task in ("det", "seg"):
-        tn, sn = list(getattr(t, f"{task}_names")), list(getattr(s, f"{task}_names"))
+    tt, st = _seg_tasks(t), _seg_tasks(s)
+    if set(tt) - {"seg"} or set(st) - {"seg"}:  # named seg tasks on either side: compared task by task
+        if sorted(tt) != sorted(st):
+            raise _fail("seg tasks", list(tt), list(st))
+        pairs = [(f"seg task {task!r} ", tt[task], st[task]) for task in tt]
+    else:  # single-task (or det-only) models: today's messages
+        pairs = [("seg ", tt.get("seg", []), st.get("seg", []))]
+    for what, tn, sn in pairs:
+        if len(tn) != len(sn):
+            raise _fail(f"{what}classes", len(tn), len(sn))
+    for what, tn, sn in [("det ", list(t.det_names), list(s.det_names)), *pairs]:
         if tn and sn and not _placeholder(tn) and not _placeholder(sn) and tn != sn:
-            raise _fail(f"{task} class names", tn, sn)
+            raise _fail(f"{what}class names", tn, sn)
+
+
+def _seg_tasks(model: nn.Module) -> dict[str, list[str]]:
+    """``model.seg_tasks``, or ``{"seg": seg_names}`` for a model that predates it (``{}`` without seg classes)."""
+    tasks = getattr(model, "seg_tasks", None)
+    if tasks is None:
+        names = list(getattr(model, "seg_names", []))
+        return {"seg": names} if names else {}
+    return {k: list(v) for k, v in tasks.items()}

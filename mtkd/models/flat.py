@@ -4,7 +4,8 @@ Torch-Pruning's dependency graph, ``torch.onnx.export`` and output-by-output com
 returns a tuple of tensors instead of a ``MultiTaskOutput``. ``FlatOutputs(adapter)`` wraps an adapter (the
 adapter stays a submodule, so pruning the wrapper prunes the adapter in place) and returns, in order:
 
-- ``seg``: ``[B, C_seg, H, W]`` segmentation logits (when the model has a seg head);
+- ``seg``: ``[B, C_seg, H, W]`` segmentation logits (when the model has a seg head); a model with several seg
+  tasks gives ``seg_<task>`` ``[B, C_task, H, W]`` per task instead, in task order;
 - the raw detection head output, one tensor per entry:
     * ``anchor`` heads (a list per level): ``det_0, det_1, ...`` each ``[B, na, H_l, W_l, 5 + nc]``;
     * ``anchor_free`` heads (a dict): ``det_boxes [B, 4*reg_max, A]``, ``det_scores [B, nc, A]`` (the per-level
@@ -26,6 +27,8 @@ def flatten_output(out: MultiTaskOutput) -> dict[str, Tensor]:
     flat: dict[str, Tensor] = {}
     if out.seg is not None:
         flat["seg"] = out.seg
+    for task, logits in out.seg_tasks.items():
+        flat[f"seg_{task}"] = logits
     if out.det is not None:
         raw = out.det.raw
         if isinstance(raw, Tensor):

@@ -1,5 +1,5 @@
 """Task heads: YOLOv5-style anchor detection head, Ultralytics ``Detect`` (anchor-free, DFL) with explicit widths,
-and a small FPN-style semantic-segmentation head.
+a small FPN-style semantic-segmentation head, and ``SegHeads`` (one such head per named seg task).
 
 Every head returns **raw** outputs in train and eval mode alike (decoding lives in ``mtkd.models.postprocess``),
 takes every hidden width explicitly and reports it back with ``widths()`` (read from the live modules, so pruned
@@ -11,13 +11,14 @@ Adapters of other model families reuse these heads (e.g. ``SegHead`` on top of a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtkd.errors import ConfigError
 from mtkd.models.blocks import conv_width
 from mtkd.utils.env import quiet_ultralytics
 
@@ -204,3 +205,45 @@ class SegHead(nn.Module):
 
     def ignored_layers(self) -> list[nn.Module]:
         return [self.cls]
+
+
+class SegHeads(nn.ModuleDict):
+    """One ``SegHead`` per named segmentation task, all on the same features (YOLOP: drivable area + lane lines).
+
+    Args:
+        tasks: ``{task: number of classes}``, in output order.
+        ch: input channels ``(c3, c4)`` of ``[p3, p4]``.
+        widths: optional ``{task: {"lat", "fuse", "conv"}}`` (``SegHead`` widths; a task left out uses defaults).
+
+    Submodules are named by task (state_dict keys ``<prefix>.<task>.lat.conv.weight``, ...).
+    ``forward([p3, p4], size)`` -> ``{task: logits [B, nc_task, H, W]}``.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, int],
+        ch: Sequence[int],
+        *,
+        widths: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> None:
+        super().__init__()
+        widths = dict(widths or {})
+        unknown = [t for t in widths if t not in tasks]
+        if unknown:
+            raise ConfigError(f"seg head widths name unknown task {unknown[0]!r}; tasks: {list(tasks)}")
+        for task, nc in tasks.items():
+            if hasattr(self, task):  # a ModuleDict method name (e.g. "keys") cannot name a submodule
+                raise ConfigError(
+                    f"seg task name {task!r} clashes with a torch.nn.ModuleDict attribute; rename it"
+                )
+            w = dict(widths.get(task) or {})
+            self[task] = SegHead(nc, ch, lat=w.get("lat"), fuse=w.get("fuse"), conv=w.get("conv"))
+
+    def forward(self, feats: Sequence[Tensor], size: tuple[int, int] | None = None) -> dict[str, Tensor]:
+        return {task: head(feats, size=size) for task, head in self.items()}
+
+    def widths(self) -> dict[str, dict[str, int]]:
+        return {task: head.widths() for task, head in self.items()}
+
+    def ignored_layers(self) -> list[nn.Module]:
+        return [m for head in self.values() for m in head.ignored_layers()]

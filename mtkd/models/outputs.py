@@ -2,6 +2,8 @@
 
 ``MultiTaskOutput`` holds the segmentation logits and a ``DetOutput``; it reads as attributes
 (``out.seg``) and as a mapping (``out["seg"]``, ``out.get("det")``) so code written against plain dicts works.
+A model with several segmentation tasks (YOLOP: drivable area + lane lines) fills ``seg_tasks`` instead of
+``seg``; ``out.seg_outputs`` gives every seg output as ``{task: logits}`` either way (``{"seg": seg}`` for one task).
 """
 
 from __future__ import annotations
@@ -72,33 +74,89 @@ class DetOutput:
         return int(self.box.shape[1])
 
 
+#: the task name of a single-task model's (and dataset's) segmentation output: ``out.seg``
+SINGLE_SEG_TASK = "seg"
+
+
 @dataclass
 class MultiTaskOutput(Mapping):
     """Output of every adapter.
 
     Attributes:
-        seg: ``[B, C_seg, h, w]`` segmentation **logits** (never probabilities), or ``None`` for a det-only model.
+        seg: ``[B, C_seg, h, w]`` segmentation **logits** (never probabilities) of a single-task model (task name
+            ``"seg"``), or ``None`` (det-only model, or a model with named ``seg_tasks``).
         det: ``DetOutput`` or ``None`` for a seg-only model.
         features: named intermediate feature maps requested with ``model(x, features=[...])``,
             e.g. ``{"p3": [B, C3, H/8, W/8]}``; empty when none were requested.
+        seg_tasks: several named segmentation tasks, ``{task: [B, C_task, h, w] logits}`` in the model's task
+            order (``model.seg_tasks``), e.g. ``{"drivable": [B, 2, H, W], "lane": [B, 2, H, W]}``; empty for a
+            single-task or det-only model. ``seg`` and ``seg_tasks`` are never both set (``ValueError``).
+
+    Read every seg output the same way with ``out.seg_outputs`` (``{task: logits}``, ``{"seg": seg}`` for a single
+    task, ``{}`` for none) or ``out[task]``. As a mapping the keys are ``"seg"`` (when set), the ``seg_tasks``
+    names, then ``"det"`` (when set); ``out["seg"]`` / ``out["det"]`` give ``None`` when absent, as before.
     """
 
     seg: Tensor | None = None
     det: DetOutput | None = None
     features: dict[str, Tensor] = field(default_factory=dict)
+    seg_tasks: dict[str, Tensor] = field(default_factory=dict)
 
     _KEYS = ("seg", "det")
 
+    def __post_init__(self) -> None:
+        if self.seg is not None and self.seg_tasks:
+            raise ValueError(
+                "MultiTaskOutput: give either seg (the single seg task) or seg_tasks (named tasks), not both"
+            )
+        bad = [t for t in self.seg_tasks if t in self._KEYS]
+        if bad:
+            raise ValueError(
+                f"MultiTaskOutput: seg_tasks may not name a task {bad[0]!r} (reserved: {', '.join(self._KEYS)}); "
+                f"a single seg task goes in seg="
+            )
+
+    @classmethod
+    def from_seg_outputs(
+        cls,
+        segs: Mapping[str, Tensor],
+        *,
+        det: DetOutput | None = None,
+        features: dict[str, Tensor] | None = None,
+    ) -> MultiTaskOutput:
+        """Build from ``{task: logits}``: ``{"seg": t}`` fills ``seg`` (single task), anything else ``seg_tasks``."""
+        segs = dict(segs)
+        features = {} if features is None else features
+        if list(segs) == [SINGLE_SEG_TASK]:
+            return cls(seg=segs[SINGLE_SEG_TASK], det=det, features=features)
+        return cls(det=det, features=features, seg_tasks=segs)
+
+    @property
+    def seg_outputs(self) -> dict[str, Tensor]:
+        """Every seg output as ``{task: [B, C_task, h, w] logits}``: ``{"seg": seg}`` for a single-task output,
+        ``seg_tasks`` for a multi-task one, ``{}`` for a det-only one."""
+        if self.seg is not None:
+            return {SINGLE_SEG_TASK: self.seg}
+        return dict(self.seg_tasks)
+
+    @property
+    def multi_seg(self) -> bool:
+        """Whether this output holds named ``seg_tasks`` (rather than the single ``seg``)."""
+        return bool(self.seg_tasks)
+
     def __getitem__(self, key: str) -> Any:
-        if key not in self._KEYS:
-            raise KeyError(key)
-        return getattr(self, key)
+        if key in self._KEYS:
+            return getattr(self, key)
+        if key in self.seg_tasks:
+            return self.seg_tasks[key]
+        raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(k for k in self._KEYS if getattr(self, k) is not None)
+        keys = (["seg"] if self.seg is not None else []) + list(self.seg_tasks)
+        return iter(keys + (["det"] if self.det is not None else []))
 
     def __len__(self) -> int:
-        return sum(getattr(self, k) is not None for k in self._KEYS)
+        return (self.seg is not None) + len(self.seg_tasks) + (self.det is not None)
 
 
 def flatten_levels(maps: list[Tensor]) -> Tensor:

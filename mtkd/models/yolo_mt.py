@@ -6,7 +6,8 @@ Topology (fixed; widths free)::
     neck      lat5(b5) -> up + b4 -> td4 ; lat4(td4) -> up + b3 -> p3 (/8)
               down3(p3) + lat4 -> p4 (/16) ; down4(p4) + lat5 -> p5 (/32)
     det       AnchorHead (YOLOv5, objectness) or AnchorFreeHead (Ultralytics Detect, DFL) on p3, p4, p5
-    seg       SegHead on p3 + p4, logits upsampled to the input size inside ``forward``
+    seg       SegHead on p3 + p4, logits upsampled to the input size inside ``forward``; with several seg tasks
+              (``seg_tasks``) one SegHead per task on the same p3 + p4 (``SegHeads``)
 
 Every convolution's output width lives in the architecture description (``arch()["layers"]``), read back from
 the live modules, so a model pruned by Torch-Pruning is rebuilt exactly by ``build_from_arch(model.arch())``.
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
 from mtkd.models.blocks import CSP, SPPF, conv_width
 from mtkd.models.features import FeatureTaps
-from mtkd.models.heads import DEFAULT_ANCHORS, AnchorFreeHead, AnchorHead, SegHead
+from mtkd.models.heads import DEFAULT_ANCHORS, AnchorFreeHead, AnchorHead, SegHead, SegHeads
 from mtkd.models.outputs import HEAD_KINDS, DetOutput, MultiTaskOutput
 from mtkd.utils.env import quiet_ultralytics
 
@@ -170,19 +171,25 @@ class YoloMT(MultiTaskAdapter):
 
     Args:
         layers: widths (see ``default_layers``); ``layers["det"]``/``layers["seg"]`` are the head widths
-            (``{}`` = head defaults).
+            (``{}`` = head defaults); with ``seg_tasks``, ``layers["seg"]`` is ``{task: seg head widths}``.
         head: ``"anchor"`` or ``"anchor_free"``.
         det_names, seg_names: class names (their lengths are ``nc_det``/``nc_seg``).
+        seg_tasks: instead of ``seg_names``, several named seg tasks ``{task: class names}``: one ``SegHead`` per
+            task (``self.seg`` is then a ``SegHeads``, state_dict keys ``seg.<task>.*``; single-task keys stay
+            ``seg.*``).
         anchors: ``[3][na](w, h)`` pixels (anchor head); default ``DEFAULT_ANCHORS``.
         reg_max: DFL bins (anchor-free head).
         scale: informational (``"n"``/``"s"``/``"m"``), kept in ``arch()``.
 
     ``forward(images [B, 3, H, W], features=())`` -> ``MultiTaskOutput`` with ``seg`` logits ``[B, nc_seg, H, W]``
-    (upsampled to the input size in the forward pass) and a raw ``DetOutput`` in train and eval mode.
+    (upsampled to the input size in the forward pass; with ``seg_tasks``: ``seg_tasks`` ``{task: [B, nc_task, H, W]}``)
+    and a raw ``DetOutput`` in train and eval mode. Feature taps: ``FEATURE_TAPS`` (``seg`` becomes ``seg_<task>``
+    per task).
     H and W should be multiples of 32.
     """
 
     adapter_name = "native"
+    adapter_label = "native adapter"
 
     def __init__(
         self,
@@ -190,12 +197,13 @@ class YoloMT(MultiTaskAdapter):
         layers: dict[str, Any],
         head: str,
         det_names: Sequence[str],
-        seg_names: Sequence[str],
+        seg_names: Sequence[str] = (),
+        seg_tasks: dict[str, Sequence[str]] | None = None,
         anchors: Sequence[Sequence[Sequence[float]]] | None = None,
         reg_max: int = 16,
         scale: str | None = None,
     ) -> None:
-        super().__init__(det_names=det_names, seg_names=seg_names)
+        super().__init__(det_names=det_names, seg_names=seg_names, seg_tasks=seg_tasks)
         if head not in HEAD_KINDS:
             raise ValueError(f"head must be one of {HEAD_KINDS}, got {head!r}")
         self.head_kind, self.scale = head, scale
@@ -211,19 +219,32 @@ class YoloMT(MultiTaskAdapter):
             self.det = AnchorFreeHead(
                 self.nc_det, ch, reg_max=reg_max, strides=STRIDES, box=det_w.get("box"), cls=det_w.get("cls")
             )
-        self.seg = SegHead(
-            self.nc_seg, ch[:2], lat=seg_w.get("lat"), fuse=seg_w.get("fuse"), conv=seg_w.get("conv")
-        )
+        if self.multi_seg:
+            tasks = {t: len(names) for t, names in self.seg_tasks.items()}
+            self.seg: nn.Module = SegHeads(tasks, ch[:2], widths=seg_w)
+        else:
+            self.seg = SegHead(
+                self.nc_seg, ch[:2], lat=seg_w.get("lat"), fuse=seg_w.get("fuse"), conv=seg_w.get("conv")
+            )
 
     # -- MultiTaskAdapter ------------------------------------------------------------------------------------
     def forward(self, images: Tensor, features: Sequence[str] = ()) -> MultiTaskOutput:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        with FeatureTaps(self, FEATURE_TAPS).capture(features) as feats:
+        with FeatureTaps(self, self._feature_taps()).capture(features) as feats:
             p3, p4, p5 = self.neck(self.backbone(images))
             raw = self.det([p3, p4, p5])
             seg = self.seg([p3, p4], size=tuple(images.shape[-2:]))
+        if isinstance(seg, dict):  # SegHeads: {task: logits}
+            return MultiTaskOutput(seg_tasks=seg, det=self._det_output(raw), features=feats)
         return MultiTaskOutput(seg=seg, det=self._det_output(raw), features=feats)
+
+    def _feature_taps(self) -> dict[str, str]:
+        """``FEATURE_TAPS``; with several seg tasks ``seg`` is replaced by ``seg_<task>`` -> ``seg.<task>.conv``."""
+        if not self.multi_seg:
+            return FEATURE_TAPS
+        taps = {k: v for k, v in FEATURE_TAPS.items() if k != "seg"}
+        return taps | {f"seg_{t}": f"seg.{t}.conv" for t in self.seg_tasks}
 
     def _det_output(self, raw: Any) -> DetOutput:
         if self.head_kind == "anchor":
@@ -239,17 +260,22 @@ class YoloMT(MultiTaskAdapter):
         )
 
     def feature_names(self) -> list[str]:
-        return list(FEATURE_TAPS)
+        return list(self._feature_taps())
 
     def arch(self) -> dict[str, Any]:
+        """JSON-like description (``native.ARCH_KEYS``); a multi-task model has ``seg_tasks`` (``{task: names}``)
+        instead of ``seg_names`` and ``layers["seg"]`` per task."""
         spec = self.det_spec()
+        seg_key, seg_val = (
+            ("seg_tasks", self.seg_tasks) if self.multi_seg else ("seg_names", list(self.seg_names))
+        )
         return {
             "adapter": self.adapter_name,
             "family": "yolo_mt",
             "scale": self.scale,
             "head": self.head_kind,
             "det_names": list(self.det_names),
-            "seg_names": list(self.seg_names),
+            seg_key: seg_val,
             "strides": list(STRIDES),
             "anchors": [[list(a) for a in lvl] for lvl in spec.anchors] if spec.anchors else None,
             "reg_max": spec.reg_max,
@@ -262,7 +288,7 @@ class YoloMT(MultiTaskAdapter):
         }
 
     def ignored_layers(self) -> list[nn.Module]:
-        """Modules Torch-Pruning must not prune: det output convs (+ DFL) and the seg classifier."""
+        """Modules Torch-Pruning must not prune: det output convs (+ DFL) and the seg classifier(s)."""
         return self.det.ignored_layers() + self.seg.ignored_layers()
 
 
@@ -270,7 +296,7 @@ def prune_ignored_layers(model: nn.Module) -> list[nn.Module]:
     """Modules whose output channels Torch-Pruning must keep (class/box outputs, seg classifier).
 
     Works for ``YoloMT`` and for any adapter that defines ``ignored_layers()``; otherwise every ``AnchorHead``,
-    ``AnchorFreeHead`` and ``SegHead`` found inside the model contributes its output layers.
+    ``AnchorFreeHead`` and ``SegHead`` found inside the model (every task's) contributes its output layers.
     """
     if not hasattr(model, "ignored_layers"):
         model = getattr(model, "module", model)  # DDP-wrapped
@@ -285,7 +311,7 @@ def prune_ignored_layers(model: nn.Module) -> list[nn.Module]:
 
 def prune_output_transform(out: MultiTaskOutput) -> list[Tensor]:
     """Torch-Pruning ``output_transform``: the tensors of a ``MultiTaskOutput`` (it cannot flatten the dataclass)."""
-    tensors = [out.seg] if out.seg is not None else []
+    tensors = list(out.seg_outputs.values())
     if out.det is not None:
         tensors += [t for t in (out.det.box, out.det.obj, out.det.cls) if t is not None]
     return tensors

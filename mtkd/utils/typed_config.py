@@ -180,3 +180,19 @@ def build_dataclass(cls: type, raw: Mapping, prefix: str = "") -> Any:
         check_value(key, value, f.metadata)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def typed_options(key: str, kind: str, options: Mapping, table: Mapping[str, Mapping]) -> dict:
+    """``options`` of ``kind`` checked against ``table[kind]`` and coerced to their types; ``ConfigError`` naming
+    ``key`` for an option the kind does not have or a bad value."""
+    allowed, out = table.get(kind, {}), {}
+    for k, v in options.items():
+        if k not in allowed:
+            valid = ", ".join(allowed) or "none"
+            raise ConfigError(
+                f"{key}: {k!r} is not an option of kind {kind!r}{_did_you_mean(str(k), list(allowed))}; "
+                f"its options: {valid}"
+            )
+        out[k] = coerce(f"{key}.{k}", v, allowed[k][0])
+        check_value(f"{key}.{k}", out[k], allowed[k][1])
+    return out

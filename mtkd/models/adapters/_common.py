@@ -3,6 +3,7 @@
 - ``check_keys``: unknown config/arch keys raise ``ConfigError`` with a did-you-mean hint (the protocol prologue
   in ``base.MultiTaskAdapter.from_config`` / ``from_arch`` calls it).
 - ``resolve_names`` / ``check_head``: class names of a task, and the ``head`` key ``build_model`` may add.
+- ``check_seg_tasks``: a ``{task: [class names]}`` declaration of segmentation tasks, validated (plain data).
 - ``InputNorm``: optional ``(x - mean) / std`` of ``[B, 3, H, W]`` images in [0, 1].
 - ``load_state_dict_file``: strict, ``weights_only=True`` loading of a user's ``state_dict`` file.
 - ``check_rebuildable``: refuse an ``arch()`` that would not rebuild the live module (e.g. after pruning).
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtkd.data.descriptor import RESERVED_TASK_NAMES, SINGLE_TASK
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.utils.suggest import did_you_mean
 
@@ -41,6 +44,38 @@ def resolve_names(names: Sequence[str] | None, nc: int | None, task: str, where:
             raise ConfigError(f"{where}: field '{task}_names' has {len(names)} names but nc_{task} = {nc}")
         return list(names)
     return [f"class{i}" for i in range(nc)] if nc else []
+
+
+def check_seg_tasks(value: Any, where: str, field: str = "seg_tasks") -> dict[str, list[str]]:
+    """Validate ``{task: [class names]}`` (plain data from a config or an arch) and return a copy, in order.
+
+    Task names follow the dataset descriptor's rules (``mtkd.data.descriptor``: lower-case letters, digits and
+    ``_``, starting with a letter; ``det``, ``seg``, ... reserved), except that ``{"seg": names}`` alone is allowed:
+    it is the single seg task (``seg_names``). Each task needs at least one class name; names are unique strings.
+    """
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(
+            f"{where}: field {field!r} = {value!r}; expected a mapping of task name -> class names"
+        )
+    tasks: dict[str, list[str]] = {}
+    for task, names in value.items():
+        key = f"{field}.{task}"
+        if not isinstance(task, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", task):
+            raise ConfigError(
+                f"{where}: field {key!r}: a task name is lower-case letters, digits and _ (starting with a letter)"
+            )
+        if task in RESERVED_TASK_NAMES and not (task == SINGLE_TASK and len(value) == 1):
+            raise ConfigError(
+                f"{where}: field {key!r}: '{task}' is reserved ({', '.join(RESERVED_TASK_NAMES)}); rename the task"
+            )
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+            raise ConfigError(f"{where}: field {key!r} = {names!r}; expected a non-empty list of class names")
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise ConfigError(
+                f"{where}: field {key!r} = {list(names)!r}; expected unique, non-empty class names"
+            )
+        tasks[task] = list(names)
+    return tasks
 
 
 def check_head(head: Any, kind: str | None, where: str) -> None:

@@ -20,6 +20,18 @@ names the class by import path and says where seg and det are in its output::
     input_mean: [0.485, 0.456, 0.406]    # optional normalization of the [0, 1] input (with input_std)
     input_std: [0.229, 0.224, 0.225]
 
+Several segmentation tasks (YOLOP: drivable area and lane lines, each its own sigmoid head): the model is built
+with ``seg_tasks`` (``build_model(cfg, det_names=..., seg_tasks={"drivable": [...], "lane": [...]})``, or a
+``seg_tasks`` key in the config) and ``outputs`` maps each task by name, optionally with its own activation::
+
+    outputs:
+      det: 0
+      drivable: {index: 1, activation: sigmoid}   # {index: path, activation: logits | sigmoid | softmax}
+      lane: {index: 2, activation: sigmoid}       # a plain path uses seg_activation
+
+A seg task that ``outputs`` does not map is not part of the model (``model.seg_tasks`` lists the mapped ones, in
+``seg_tasks`` order); the forward pass then fills ``out.seg_tasks`` (``{task: [B, C_task, H, W] logits}``).
+
 Detection layouts are recognised by rank (``det_layouts``): ``anchor`` heads give per level
 ``[B, na, H, W, 5 + nc]`` (YOLOv5 channel order: xywh, objectness, classes) or ``[B, na * (5 + nc), H, W]`` maps;
 ``anchor_free`` heads give an Ultralytics-style dict (``boxes [B, 4*reg_max, A]``, ``scores [B, nc, A]``,
@@ -57,7 +69,14 @@ from mtkd.models.adapters.det_layouts import (
     anchor_free_det_output,
     normalize_anchors,
 )
-from mtkd.models.adapters.output_map import SEG_ACTIVATIONS, OutputPath, probs_to_logits, select_output
+from mtkd.models.adapters.output_map import (
+    OutputPath,
+    OutputRoute,
+    check_activation,
+    parse_outputs,
+    probs_to_logits,
+    select_output,
+)
 from mtkd.models.features import FeatureTaps
 from mtkd.models.outputs import HEAD_KINDS, MultiTaskOutput
 from mtkd.models.trust import TrustCode, require_trusted
@@ -66,7 +85,7 @@ _W = "generic adapter"
 _CONFIG_KEYS = (
     "adapter", "target", "kwargs", "state_dict", "state_dict_key", "outputs", "eval_outputs", "det_kind",
     "strides", "anchors", "reg_max", "seg_activation", "features", "freeze", "input_mean", "input_std",
-    "det_names", "seg_names", "head",
+    "det_names", "seg_names", "seg_tasks", "head",
 )  # fmt: skip
 
 
@@ -84,6 +103,22 @@ def import_target(target: str) -> Any:
             raise ConfigError(f"{_W}: field 'target' = {target!r}: {mod_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _parse_routes(
+    outputs: Any, eval_outputs: Any, seg_keys: list[str]
+) -> tuple[dict[str, OutputRoute], dict[str, OutputRoute]]:
+    """``outputs`` and ``eval_outputs`` (``output_map.parse_outputs``) as routes for train and eval mode: an
+    ``eval_outputs`` entry replaces the path and, when it gives one, the activation of the same ``outputs`` entry."""
+    hint = (
+        " (seg tasks with other names need seg_tasks: {task: [class names]})"
+        if seg_keys == ["seg"]
+        else " (with several seg tasks each one is mapped by its name, not as 'seg')"
+    )
+    train = parse_outputs(outputs, field="outputs", allowed=["det", *seg_keys], where=_W, hint=hint)
+    evals = parse_outputs(eval_outputs or {}, field="eval_outputs", allowed=list(train) or ["det"], where=_W)
+    merged = {k: OutputRoute(r.path, r.activation or train[k].activation) for k, r in evals.items()}
+    return train, {**train, **merged}
 
 
 def _instantiate(target: str, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -108,11 +143,16 @@ class GenericAdapter(MultiTaskAdapter):
     Args:
         module: the wrapped model (``self.model``); ``module(images)`` returns a tensor, tuple/list or dict.
         det_names / seg_names: class names (required for each task that ``outputs`` maps).
-        outputs: ``{"det": path, "seg": path}`` (either may be absent), path = index, key, or list of them.
-        eval_outputs: paths used in eval mode instead (defaults to ``outputs``).
+        seg_tasks: instead of ``seg_names``, several named seg tasks ``{task: class names}``; ``outputs`` then maps
+            each task by name (and not ``seg``).
+        outputs: ``{"det": path, "seg": path}`` (either may be absent), path = index, key, or list of them; a seg
+            entry may be ``{"index": path, "activation": ...}`` (its own ``seg_activation``). With ``seg_tasks``:
+            ``{"det": path, task: path or {...}, ...}``, one entry per task of ``seg_tasks``.
+        eval_outputs: paths used in eval mode instead (defaults to ``outputs``; same names as ``outputs``).
         head: ``"anchor"`` (needs ``anchors``) or ``"anchor_free"`` (needs ``reg_max``); with ``strides``.
-        seg_activation: ``"logits" | "sigmoid" | "softmax"``; see ``probs_to_logits``. With a single-channel
-            sigmoid, ``seg_names`` must have two entries (background, foreground).
+        seg_activation: ``"logits" | "sigmoid" | "softmax"``: what a seg output holds unless its ``outputs``
+            entry says otherwise; see ``probs_to_logits``. With a single-channel sigmoid, the task must have two
+            classes (background, foreground).
         features: short name → module path inside ``module`` (``{"p3": "neck.2"}``); module paths work too.
         freeze: module paths inside ``module`` whose parameters are frozen (``requires_grad=False``): branches
             whose outputs are not mapped (e.g. YOLOP's lane head when ``seg`` is the drivable area) and so would
@@ -124,6 +164,7 @@ class GenericAdapter(MultiTaskAdapter):
     adapter_name = "generic"
     adapter_label = _W
     config_keys = _CONFIG_KEYS
+    supports_seg_tasks = True
 
     def __init__(
         self,
@@ -131,8 +172,9 @@ class GenericAdapter(MultiTaskAdapter):
         *,
         det_names: Sequence[str] = (),
         seg_names: Sequence[str] = (),
-        outputs: Mapping[str, OutputPath],
-        eval_outputs: Mapping[str, OutputPath] | None = None,
+        seg_tasks: Mapping[str, Sequence[str]] | None = None,
+        outputs: Mapping[str, OutputPath | Mapping[str, Any]],
+        eval_outputs: Mapping[str, OutputPath | Mapping[str, Any]] | None = None,
         head: str | None = None,
         strides: Sequence[int] = (),
         anchors: Any = None,
@@ -145,26 +187,22 @@ class GenericAdapter(MultiTaskAdapter):
         target: str | None = None,
         kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(det_names=det_names, seg_names=seg_names)
+        super().__init__(det_names=det_names, seg_names=seg_names, seg_tasks=seg_tasks)
         if not isinstance(module, nn.Module):
             raise ConfigError(f"{_W}: expected an nn.Module, got {type(module).__name__}")
-        for name, mapping in (("outputs", outputs), ("eval_outputs", eval_outputs or {})):
-            if not isinstance(mapping, Mapping) or set(mapping) - {"det", "seg"}:
-                raise ConfigError(
-                    f"{_W}: field '{name}' = {mapping!r}; expected a dict with keys 'det' and/or 'seg'"
-                )
+        self.seg_keys = list(self._seg_tasks) if self.multi_seg else ["seg"]  # seg outputs, in task order
+        routes = _parse_routes(outputs, eval_outputs, self.seg_keys)
         if not outputs:
             raise ConfigError(f"{_W}: field 'outputs' maps neither 'det' nor 'seg'")
-        if seg_activation not in SEG_ACTIVATIONS:
-            raise ConfigError(
-                f"{_W}: field 'seg_activation' = {seg_activation!r}; expected one of {SEG_ACTIVATIONS}"
-            )
-        if "seg" in outputs and not self.seg_names:
-            raise ConfigError(f"{_W}: 'outputs' maps 'seg', so 'seg_names' (or nc_seg) is required")
+        self.seg_activation = check_activation(seg_activation, "seg_activation")
+        for task in self.seg_keys:
+            if task in outputs and not self._seg_tasks.get(task):
+                what = "'seg_names' (or nc_seg)" if task == "seg" else f"'seg_tasks.{task}'"
+                raise ConfigError(f"{_W}: 'outputs' maps {task!r}, so {what} is required")
         self.model = module
         self.outputs = dict(outputs)
         self.eval_outputs = {**self.outputs, **dict(eval_outputs or {})}
-        self.seg_activation = seg_activation
+        self._routes, self._eval_routes = routes
         self.target, self.kwargs = target, dict(kwargs or {})
         self.norm = InputNorm(input_mean, input_std, where=_W)
         self.taps = FeatureTaps(self.model, dict(features or {}))
@@ -204,12 +242,16 @@ class GenericAdapter(MultiTaskAdapter):
         """images ``[B, 3, H, W]`` in [0, 1] → seg logits ``[B, C_seg, H, W]`` and raw det (module docstring)."""
         with self.taps.capture(features) as feats:
             out = self.model(self.norm(images))
-        paths, key = (self.outputs, "outputs") if self.training else (self.eval_outputs, "eval_outputs")
-        seg = det = None
-        if "seg" in paths:
-            seg = self._seg(select_output(out, paths["seg"], field=f"{key}.seg"), images.shape[-2:])
-        if "det" in paths:
-            raw = select_output(out, paths["det"], field=f"{key}.det")
+        routes, key = (self._routes, "outputs") if self.training else (self._eval_routes, "eval_outputs")
+        segs, det = {}, None
+        for task in self.seg_keys:
+            if task in routes:
+                p = select_output(out, routes[task].path, field=f"{key}.{task}")
+                segs[task] = self._seg(
+                    p, images.shape[-2:], task, routes[task].activation or self.seg_activation
+                )
+        if "det" in routes:
+            raw = select_output(out, routes["det"].path, field=f"{key}.det")
             where = f"{_W}: '{key}.det'"
             if self.head_kind == "anchor":
                 det = anchor_det_output(
@@ -219,23 +261,21 @@ class GenericAdapter(MultiTaskAdapter):
                 det = anchor_free_det_output(
                     raw, strides=self.strides, reg_max=self.reg_max, nc=self.nc_det, where=where
                 )
-        return MultiTaskOutput(seg=seg, det=det, features=feats)
+        return MultiTaskOutput.from_seg_outputs(segs, det=det, features=feats)
 
-    def _seg(self, p: Any, size: Sequence[int]) -> Tensor:
+    def _seg(self, p: Any, size: Sequence[int], task: str, activation: str) -> Tensor:
+        """Seg output ``p`` ``[B, C, h, w]`` of ``task`` → logits ``[B, nc_task, H, W]`` (``probs_to_logits``)."""
         if not isinstance(p, Tensor) or p.ndim != 4:
-            raise ConfigError(f"{_W}: 'outputs.seg' selects {describe(p)}; expected a [B, C, h, w] tensor")
-        c = p.shape[1]
-        binary = self.seg_activation == "sigmoid" and c == 1
-        if (2 if binary else c) != self.nc_seg:
+            raise ConfigError(f"{_W}: 'outputs.{task}' selects {describe(p)}; expected a [B, C, h, w] tensor")
+        c, nc = p.shape[1], len(self._seg_tasks[task])
+        binary = activation == "sigmoid" and c == 1
+        if (2 if binary else c) != nc:
+            names = "seg_names" if task == "seg" else f"seg_tasks.{task}"
             raise ConfigError(
-                f"{_W}: seg output has {c} channels but seg_names has {self.nc_seg} classes"
-                + (
-                    " (a 1-channel sigmoid output needs 2 seg_names: background, foreground)"
-                    if binary
-                    else ""
-                )
+                f"{_W}: {'seg' if task == 'seg' else repr(task)} output has {c} channels but {names} has {nc} classes"
+                + (f" (a 1-channel sigmoid output needs 2 {names}: background, foreground)" if binary else "")
             )
-        logits = probs_to_logits(p, self.seg_activation)
+        logits = probs_to_logits(p, activation)
         if tuple(logits.shape[-2:]) != tuple(size):
             logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
         return logits
@@ -264,10 +304,13 @@ class GenericAdapter(MultiTaskAdapter):
             self.model, lambda: _instantiate(self.target, self.kwargs), what=f"{_W} ({self.target})",
             hint="Make the class take its widths as constructor arguments and pass them in 'kwargs'.",
         )  # fmt: skip
+        seg_key, seg_val = (
+            ("seg_tasks", self.seg_tasks) if self.multi_seg else ("seg_names", list(self.seg_names))
+        )
         arch: dict[str, Any] = {
             "adapter": self.adapter_name, "target": self.target, "kwargs": dict(self.kwargs),
             "outputs": dict(self.outputs), "seg_activation": self.seg_activation,
-            "det_names": list(self.det_names), "seg_names": list(self.seg_names), **self.norm.arch(),
+            "det_names": list(self.det_names), seg_key: seg_val, **self.norm.arch(),
         }  # fmt: skip
         if self.eval_outputs != self.outputs:
             arch["eval_outputs"] = dict(self.eval_outputs)
@@ -291,9 +334,10 @@ class GenericAdapter(MultiTaskAdapter):
         nc_seg: int | None,
         det_names: Sequence[str] | None,
         seg_names: Sequence[str] | None,
+        seg_tasks: dict[str, list[str]] | None = None,
     ) -> GenericAdapter:
         """Build from a config dict (module docstring); loads ``state_dict`` when given. Class names/counts of a
-        task that ``outputs`` does not map are ignored."""
+        task that ``outputs`` does not map are ignored (so are the seg tasks it does not map)."""
         if "target" not in config:
             raise ConfigError(f"{_W}: field 'target' is required ('package.module:Class')")
         kwargs = config.get("kwargs") or {}
@@ -302,11 +346,14 @@ class GenericAdapter(MultiTaskAdapter):
         outputs = config.get("outputs")
         if not isinstance(outputs, Mapping):
             raise ConfigError(f"{_W}: field 'outputs' = {outputs!r}; expected e.g. {{det: 0, seg: 1}}")
+        seg_keys = list(seg_tasks) if seg_tasks else ["seg"]
+        _parse_routes(outputs, config.get("eval_outputs"), seg_keys)  # names checked before building anything
         module = _instantiate(config["target"], kwargs)
         if config.get("state_dict"):
             load_state_dict_file(module, config["state_dict"], config.get("state_dict_key"))
         det = resolve_names(det_names, nc_det, "det", _W) if "det" in outputs else []
-        seg = resolve_names(seg_names, nc_seg, "seg", _W) if "seg" in outputs else []
+        seg = resolve_names(seg_names, nc_seg, "seg", _W) if "seg" in outputs and not seg_tasks else []
+        tasks = {t: n for t, n in (seg_tasks or {}).items() if t in outputs} or None
         if "det_kind" in config:  # the older name of `head` (configs and checkpoints before mtkd 0.2)
             if config.get("head") is not None and "det" in outputs:
                 check_head(config["head"], config["det_kind"], _W)
@@ -319,6 +366,7 @@ class GenericAdapter(MultiTaskAdapter):
             module,
             det_names=det,
             seg_names=seg,
+            seg_tasks=tasks,
             outputs=outputs,
             target=config["target"],
             kwargs=kwargs,

@@ -1,5 +1,9 @@
-"""Mapping a wrapped module's raw output onto ``seg`` / ``det``: output paths and probability → logit conversion.
+"""Mapping a wrapped module's raw output onto ``seg`` / ``det`` / named seg tasks: output paths and probability →
+logit conversion.
 
+- ``parse_outputs(mapping, allowed=...)``: the ``outputs`` config, ``{name: path}`` or, for a seg output,
+  ``{name: {index: path, activation: sigmoid}}`` (YOLOP: ``{det: 0, drivable: {index: 1, activation: sigmoid},
+  lane: {index: 2, activation: sigmoid}}``), validated into ``{name: OutputRoute}``.
 - ``select_output(out, path)``: follow an index, a key, or a list of them (``[0, "drive"]``) into a module's
   output (tensor, tuple/list, dict, nested).
 - ``probs_to_logits(p, activation)``: a seg head's probabilities ``[B, C, h, w]`` back into logits, so
@@ -11,18 +15,87 @@ Error messages name the ``generic`` adapter's config fields (``outputs``, ``seg_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtkd.errors import ConfigError
-from mtkd.models.adapters._common import describe
+from mtkd.models.adapters._common import check_keys, describe
+from mtkd.utils.suggest import did_you_mean
 
 SEG_ACTIVATIONS = ("logits", "sigmoid", "softmax")
 PROB_EPS = 1e-6
 #: a step (index or key) or a list of steps into a module's output
 OutputPath = int | str | Sequence[int | str]
+#: the keys of a seg output given as a dict: ``{index: path, activation: sigmoid}``
+OUTPUT_ENTRY_KEYS = ("index", "activation")
+
+
+@dataclass(frozen=True)
+class OutputRoute:
+    """Where one mapped output is in the module's output (``path``) and, for a seg output, what it holds
+    (``activation``: one of ``SEG_ACTIVATIONS``, ``None`` = the adapter's ``seg_activation``)."""
+
+    path: OutputPath
+    activation: str | None = None
+
+
+def check_activation(value: Any, field: str, where: str = "generic adapter") -> str:
+    """``value`` if it is one of ``SEG_ACTIVATIONS``; ``ConfigError`` naming ``field`` (did-you-mean) otherwise."""
+    if value not in SEG_ACTIVATIONS:
+        raise ConfigError(
+            f"{where}: field {field!r} = {value!r}; expected one of {SEG_ACTIVATIONS}"
+            f"{did_you_mean(str(value), SEG_ACTIVATIONS)}"
+        )
+    return value
+
+
+def _check_path(path: Any, field: str, where: str) -> OutputPath:
+    steps = [path] if isinstance(path, (int, str)) else path
+    if not isinstance(steps, (list, tuple)) or not all(
+        isinstance(s, (int, str)) and not isinstance(s, bool) for s in steps
+    ):
+        raise ConfigError(
+            f"{where}: field {field!r} = {path!r}; expected an index, a key or a list of them into the module output"
+        )
+    return path
+
+
+def parse_outputs(
+    mapping: Any, *, field: str, allowed: Sequence[str], where: str = "generic adapter", hint: str = ""
+) -> dict[str, OutputRoute]:
+    """Validate an ``outputs``-style mapping ``{name: path | {index: path, activation: ...}}`` (``name`` in
+    ``allowed``: ``det``, ``seg`` or the model's seg tasks) into ``{name: OutputRoute}``; ``ConfigError`` naming the
+    field (did-you-mean for unknown names and entry keys). ``det`` takes a path only. ``hint`` ends the message
+    about an unknown name."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{where}: field {field!r} = {mapping!r}; expected a dict like {{det: 0, seg: 1}}")
+    routes: dict[str, OutputRoute] = {}
+    for name, value in mapping.items():
+        if name not in allowed:
+            raise ConfigError(
+                f"{where}: field {field!r} has unknown output {name!r}{did_you_mean(str(name), allowed)}; "
+                f"expected {', '.join(allowed)}{hint}"
+            )
+        key = f"{field}.{name}"
+        if not isinstance(value, Mapping):
+            routes[name] = OutputRoute(_check_path(value, key, where))
+            continue
+        if name == "det":
+            raise ConfigError(
+                f"{where}: field {key!r} = {value!r}; det takes a path (index, key or list of them)"
+            )
+        check_keys(value, OUTPUT_ENTRY_KEYS, f"{where}: field {key!r}")
+        if "index" not in value:
+            raise ConfigError(
+                f"{where}: field '{key}.index' is required (where the output is, e.g. index: 1)"
+            )
+        act = value.get("activation")
+        act = None if act is None else check_activation(act, f"{key}.activation", where)
+        routes[name] = OutputRoute(_check_path(value["index"], f"{key}.index", where), act)
+    return routes
 
 
 def probs_to_logits(

@@ -53,6 +53,62 @@ CASES: dict[str, tuple[dict, int, int]] = {
     "generic_anchor_free": (GENERIC_ANCHOR_FREE, NC_DET, NC_SEG),
 }
 
+#: several seg tasks (YOLOP's drivable area + lane lines), each a 2-channel output of the toy models
+TASKS = {"drivable": ["background", "drivable"], "lane": ["background", "lane"]}
+_YOLOP_TWO_TASKS = {
+    **{k: v for k, v in GENERIC_YOLOP.items() if k not in ("freeze", "seg_activation")},
+    "outputs": {
+        "det": 0,
+        "drivable": {"index": 1, "activation": "sigmoid"},
+        "lane": {"index": 2, "activation": "sigmoid"},
+    },
+}
+#: multi-task case name -> (config, nc_det); built with ``seg_tasks=TASKS``. Adapters without multi-task support
+#: (``MULTI_UNSUPPORTED``) must refuse ``seg_tasks`` with a one-line reason.
+MULTI_CASES: dict[str, tuple[dict, int]] = {
+    "native_two_task": ({"adapter": "native", "name": "yolo_mt_n"}, NC_DET),
+    "native_two_task_anchor_free": (
+        {"adapter": "native", "name": "yolo_mt_n", "head": "anchor_free"},
+        NC_DET,
+    ),
+    "generic_yolop_two_task": (_YOLOP_TWO_TASKS, NC_DET),
+    "composite_one_member_per_task": (
+        {
+            "adapter": "composite",
+            "det": {**GENERIC_YOLOP, "outputs": {"det": 0}, "freeze": ["drive", "lane"]},
+            "seg": {
+                "drivable": {
+                    **GENERIC_YOLOP,
+                    "outputs": {"seg": 1},
+                    "eval_outputs": {},
+                    "freeze": ["det", "lane"],
+                },
+                "lane": {
+                    **GENERIC_ANCHOR_FREE,
+                    "kwargs": {"nc": 1, "nc_seg": 2, "reg_max": 4},
+                    "outputs": {"seg": "seg"},
+                    "freeze": ["head", "backbone.p4", "backbone.p5"],  # only the det head reads P4/P5
+                },
+            },
+        },
+        NC_DET,
+    ),
+    "composite_two_task_member": (
+        {
+            "adapter": "composite",
+            "det": {**GENERIC_ANCHOR_FREE, "outputs": {"det": "det"}, "freeze": ["seg"]},
+            "seg": {
+                **_YOLOP_TWO_TASKS,
+                "outputs": {k: v for k, v in _YOLOP_TWO_TASKS["outputs"].items() if k != "det"},
+                "eval_outputs": {},
+                "freeze": ["det"],
+            },
+        },
+        NC_DET,
+    ),
+}
+MULTI_UNSUPPORTED = {"smp": SMP_SEG, "ultralytics": ULTRA_DET}
+
 
 @pytest.fixture(scope="session")
 def toys():
@@ -99,3 +155,48 @@ def build_case(toys):
         return build_model(config, nc_det=nc_det, nc_seg=nc_seg)
 
     return make
+
+
+@pytest.fixture
+def build_multi_case(toys):
+    """``build_multi_case(name)`` -> a fresh multi-task adapter (``seg_tasks=TASKS``) via ``build_model``, seeded."""
+    import torch
+
+    from mtkd.models.build import build_model
+
+    def make(name: str):
+        config, nc_det = MULTI_CASES[name]
+        torch.manual_seed(0)
+        return build_model(config, nc_det=nc_det, seg_tasks=TASKS)
+
+    return make
+
+
+@pytest.fixture
+def multi_cases() -> dict[str, tuple[dict, int]]:
+    """``MULTI_CASES``: multi-task case name -> (config, nc_det)."""
+    return MULTI_CASES
+
+
+@pytest.fixture(params=list(MULTI_CASES))
+def multi_case(request) -> str:
+    """Every multi-task case name."""
+    return request.param
+
+
+@pytest.fixture
+def unsupported_multi_adapters() -> dict[str, dict]:
+    """``MULTI_UNSUPPORTED``: adapter name -> a config, for the adapters without several seg tasks."""
+    return MULTI_UNSUPPORTED
+
+
+@pytest.fixture(params=list(MULTI_UNSUPPORTED))
+def unsupported_multi(request) -> tuple[str, dict]:
+    """(adapter name, config) of every adapter that does not support several seg tasks."""
+    return request.param, MULTI_UNSUPPORTED[request.param]
+
+
+@pytest.fixture
+def multi_tasks() -> dict[str, list[str]]:
+    """``TASKS``, the seg tasks the multi-task cases are built with."""
+    return TASKS
