@@ -1,7 +1,7 @@
 """ONNX export of a multi-task model, with an onnxruntime parity and latency check.
 
 The exported graph takes ``images: float32 [batch, 3, S, S]`` (RGB in [0, 1], the same input the PyTorch model
-takes) and returns the raw outputs of ``mtkd.models.flat.FlatOutputs``: ``seg`` logits ``[batch, C_seg, S, S]``
+takes) and returns the raw outputs of ``mtkd.models.flat.FlatOutputs``: ``seg`` logits ``[batch, C_seg, S, S]`` (several seg tasks: ``seg_<task>`` each)
 then the raw detection head (``det_0..det_{nl-1}`` ``[batch, na, H_l, W_l, 5 + nc]`` for ``anchor`` heads,
 ``det_boxes [batch, 4*reg_max, A]`` and ``det_scores [batch, nc, A]`` for ``anchor_free`` heads). Box decoding
 and NMS are left to the deployment side; ``<out>.json`` (written next to the ONNX file) carries what decoding
@@ -201,13 +201,30 @@ def model_card(
             {"name": n, "shape": ["batch" if dynamic_batch else 1, *s[1:]]}
             for n, s in zip(output_names, output_shapes)
         ],
-        "names": {"det": list(getattr(model, "det_names", [])), "seg": list(getattr(model, "seg_names", []))},
+        "names": _names(model),
         "det": det,
-        "seg": {"logits": True, "resolution": "input"} if "seg" in output_names else None,
+        "seg": _seg_card(output_names),
         "imgsz": imgsz,
         "opset": opset,
         "adapter": getattr(model, "adapter_name", type(model).__name__),
     }
+
+
+def _names(model: nn.Module) -> dict[str, Any]:
+    """``{"det": [...], "seg": [...]}``, or ``{"det": [...], "seg_tasks": {task: [...]}}`` (several seg tasks)."""
+    from mtkd.checkpoint import model_names
+
+    if hasattr(model, "det_names") and (hasattr(model, "seg_tasks") or hasattr(model, "seg_names")):
+        return model_names(model)
+    return {"det": list(getattr(model, "det_names", [])), "seg": list(getattr(model, "seg_names", []))}
+
+
+def _seg_card(output_names: list[str]) -> dict[str, Any] | None:
+    """How to read the seg outputs: logits at input resolution; with several tasks, which output is which."""
+    if "seg" in output_names:
+        return {"logits": True, "resolution": "input"}
+    tasks = {n[len("seg_") :]: n for n in output_names if n.startswith("seg_")}
+    return {"logits": True, "resolution": "input", "tasks": tasks} if tasks else None
 
 
 def _median_ms(fn, warmup: int, iters: int) -> float:

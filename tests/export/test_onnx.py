@@ -92,3 +92,27 @@ def test_cli_export_with_verify(tmp_path, capsys):
     assert out.is_file() and (tmp_path / "sub" / "model.onnx.json").is_file()
     with pytest.raises(ConfigError, match="multiple of 32"):
         main(["--weights", str(ckpt), "--out", str(out), "--imgsz", "50"])
+
+
+def test_two_seg_tasks_export_one_output_each(tmp_path):
+    """A drivable + lane model exports seg_drivable and seg_lane; onnxruntime matches torch; the card names the
+    tasks' classes and which output is which; verify passes on every output."""
+    tasks = {"drivable": ["background", "drivable"], "lane": ["background", "lane"]}
+    model = build_model("yolo_mt_n", det_names=["a", "b", "c"], seg_tasks=tasks, head="anchor").eval()
+    prune_model(model, ratio=0.3, imgsz=IMGSZ)  # every task's classifier keeps its classes
+    path = export_onnx(model, tmp_path / "m.onnx", imgsz=IMGSZ)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["seg_drivable", "seg_lane", "det_0", "det_1", "det_2"]
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    got = dict(zip(names, session.run(None, {"images": x.numpy()})))
+    with torch.no_grad():
+        out = model(x)
+    for t in tasks:
+        assert got[f"seg_{t}"].shape == (2, 2, IMGSZ, IMGSZ)
+        np.testing.assert_allclose(got[f"seg_{t}"], out.seg_tasks[t].numpy(), atol=1e-4, rtol=0)
+    card = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert card["names"] == {"det": ["a", "b", "c"], "seg_tasks": tasks}
+    assert card["seg"]["tasks"] == {"drivable": "seg_drivable", "lane": "seg_lane"}
+    res = verify_onnx(model, path, imgsz=IMGSZ)
+    assert res["ok"] and {"seg_drivable", "seg_lane"} <= set(res["max_abs_diff"])
