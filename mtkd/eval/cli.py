@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="mtkd checkpoint (.pt)")
     p.add_argument("--data", help="dataset YAML (default: the one recorded in the checkpoint config)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--imgsz", type=int, help=f"input size (default: checkpoint config, else {DEFAULT_IMGSZ})")
+    p.add_argument(
+        "--imgsz", type=int, help="input size (default: checkpoint config, else the dataset's image size)"
+    )
     p.add_argument(
         "--batch", type=int, default=8, help="batch size for evaluation and throughput (default: 8)"
     )
@@ -83,6 +85,28 @@ def _model_name(weights: Path, config: dict[str, Any]) -> str:
     if weights.parent.name == "weights":
         return f"{config.get('name') or weights.parent.parent.name}/{weights.stem}"
     return weights.stem
+
+
+def _dataset_imgsz(spec: Any, split: str) -> int:
+    """Input size for a checkpoint without a training config (converted, pruned elsewhere): the longer side of the
+    split's first image, rounded up to a multiple of 32; ``ConfigError`` asking for ``--imgsz`` if unreadable."""
+    from PIL import Image
+
+    from mtkd.data.coco import CocoSource
+    from mtkd.data.yolo_mask import YoloMaskSource
+
+    try:
+        source = CocoSource(spec, split) if spec.format == "coco" else YoloMaskSource(spec, split)
+        with Image.open(source.paths[0]) as im:
+            side = max(im.size)
+    except Exception as e:
+        raise ConfigError(
+            f"--imgsz: the checkpoint records no training image size and the {split!r} split's first image "
+            f"cannot be read ({type(e).__name__}); pass --imgsz"
+        ) from None
+    imgsz = max(32, -(-side // 32) * 32)
+    print(f"imgsz {imgsz} (the checkpoint records none; from the dataset's {side} px images)")
+    return imgsz
 
 
 def _data_yaml(arg: str | None, config: dict[str, Any], weights: Path) -> Path:
@@ -227,7 +251,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     config = ckpt.get("config") or {}
     data_yaml = _data_yaml(args.data, config, weights)
     spec = load_data_yaml(data_yaml)
-    imgsz = args.imgsz or int(config.get("imgsz") or DEFAULT_IMGSZ)
+    imgsz = args.imgsz or (int(config["imgsz"]) if config.get("imgsz") else _dataset_imgsz(spec, args.split))
     model = load_model(ckpt, trust_code=trust_from_args(args.trust_code), where=str(weights))
     loader = build_dataloader(
         spec, args.split, imgsz=imgsz, batch=args.batch, workers=args.workers, augment=False, shuffle=False

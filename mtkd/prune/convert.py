@@ -5,7 +5,9 @@ Inputs ``convert_file`` understands:
 - a safe mtkd checkpoint: rebuilt once to check it, then copied;
 - a plain ``state_dict`` (loadable with ``weights_only=True``): needs ``base=`` (a safe checkpoint of the same
   architecture) because a state dict carries no architecture;
-- a whole pickled model (``torch.save(model)``) of a built-in or Ultralytics-based adapter, pruned or not;
+- a whole pickled model (``torch.save(model)``) of a built-in or Ultralytics-based adapter, pruned or not
+  (Ultralytics-based: pruned widths and split-free blocks, Torch-Pruning's ``C2f_v2`` included, are described
+  by the adapter's arch; see ``mtkd.models.adapters.ultralytics``);
 - an Ultralytics ``.pt`` checkpoint (a dict whose ``"ema"``/``"model"`` hold a pickled ``DetectionModel``, often
   float16): the EMA weights when present, in float32, wrapped with the Ultralytics adapter;
 - a Torch-Pruning ``tp.state_dict(model)`` file (experimental in Torch-Pruning 1.6): a dict
@@ -15,7 +17,9 @@ Inputs ``convert_file`` understands:
   adapter class, and ``arch()`` then reads the pruned widths from the live modules.
 
 The last three contain pickled Python objects: unpickling them runs whatever code the file names, so they are
-loaded (``weights_only=False``) only when ``trust_pickle=True``. Before that, the file is inspected without
+loaded (``weights_only=False``) only when ``trust_pickle=True``. Classes the pickle names but this process cannot
+import (defined in the saving script's ``__main__``, e.g. Torch-Pruning's ``C2f_v2``) come from
+``imports=[SCRIPT.py]`` (``--import``; ``mtkd.prune.user_classes``). Before that, the file is inspected without
 unpickling (``mtkd.utils.sniff``) and refused with the name of a class it would import. Every other load is
 ``torch.load(..., weights_only=True)``.
 
@@ -30,7 +34,7 @@ import argparse
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +136,14 @@ def refusal_message(path: str | os.PathLike, example: str | None) -> str:
     )
 
 
-def _trusted_load(path: Path) -> Any:
-    """``torch.load(weights_only=False)``: only called after the user passed ``trust_pickle``."""
+def _trusted_load(path: Path, imports: Sequence[str | os.PathLike] = ()) -> Any:
+    """``torch.load(weights_only=False)``: only called after the user passed ``trust_pickle``; classes defined
+    by the ``imports`` files resolve the pickle's ``__main__.<Name>`` references."""
+    from mtkd.prune.user_classes import import_user_files, pickle_module
+
+    extra = {"pickle_module": pickle_module(import_user_files(imports))} if imports else {}
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, **extra)
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
         msg = str(e)
         m = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", msg)
@@ -144,8 +152,8 @@ def _trusted_load(path: Path) -> Any:
             what = f"module {e.name!r}"
         raise CheckpointError(
             f"{path}: the pickle needs {what}, which cannot be imported here (classes defined in the saving "
-            f"script's __main__ are not importable). Run the conversion in Python where that class is importable: "
-            f"model = torch.load(path, weights_only=False); mtkd.prune.convert.convert_module(model, out)"
+            f"script's __main__ are not importable). Pass --import SCRIPT.py, a Python file that defines it (its "
+            f"top-level code runs; keep the rest under if __name__ == '__main__':)"
         ) from None
 
 
@@ -291,6 +299,7 @@ def convert_file(
     base: str | os.PathLike | None = None,
     arch: str | None = None,
     imgsz: int = 128,
+    imports: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """Convert ``src`` to a safe checkpoint at ``out`` (see the module docstring).
 
@@ -298,9 +307,14 @@ def convert_file(
     ``tp.state_dict`` files need ``base`` or ``arch`` (the built-in model name they were pruned from).
 
     Returns ``{"out", "kind", "params", "max_abs_diff"}``; ``kind`` is ``"mtkd"``, ``"state_dict"`` or
-    ``"pickle"``. Raises ``CheckpointError`` (refusal, unreadable file, no model, verification failure).
+    ``"pickle"``. ``imports``: Python files defining classes the pickle needs (only with ``trust_pickle``).
+    Raises ``CheckpointError`` (refusal, unreadable file, no model, verification failure).
     """
     path, out = Path(src), Path(out)
+    if imports and not trust_pickle:
+        raise ConfigError(
+            "--import: runs the given files to unpickle with their classes; it needs --trust-pickle"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     scan = scan_file(path)
@@ -337,7 +351,7 @@ def convert_file(
 
     if not trust_pickle:
         raise CheckpointError(refusal_message(path, scan.example_class()))
-    obj = _trusted_load(path)
+    obj = _trusted_load(path, imports)
     model = find_model(obj, path, base=base, arch=arch, trust_code=trust_code)
     res = convert_module(model, out, verify=verify, tol=tol, imgsz=imgsz, source=str(path))
     return {**res, "kind": "pickle"}
@@ -372,6 +386,11 @@ def _parser() -> argparse.ArgumentParser:
         help="built-in model name (e.g. yolo_mt_n) the tp.state_dict file was pruned from (or --base)",
     )
     p.add_argument("--imgsz", type=int, default=128, help="image size for --verify (default 128)")
+    p.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="SCRIPT.py",
+        help="with --trust-pickle: a Python file defining classes the pickle needs but cannot import (e.g. "
+        "Torch-Pruning's C2f_v2, defined in the pruning script's __main__); its top-level code runs. Repeatable",
+    )  # fmt: skip
     add_trust_code_argument(p)
     return p
 
@@ -392,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             base=args.base,
             arch=args.arch,
             imgsz=args.imgsz,
+            imports=args.imports,
         )
     except VerificationError as e:
         print(f"mtkd convert: verify FAILED: {e}")

@@ -15,6 +15,13 @@ Importance criteria (``importance=``):
   each channel contributes to the model's output energy. Pass ``loss_fn(model, images) -> scalar`` (e.g. the
   task loss on a real batch) for a data-driven estimate.
 
+Adapters may take part (duck-typed, all optional): ``ignored_layers()`` (layers whose widths are fixed),
+``pruning()`` (a context manager making the model prunable for the duration, e.g. the Ultralytics adapter's
+split-free blocks) and ``pruning_outputs(images)`` (every output branch as a tuple of tensors, including branches
+``forward`` skips, so Torch-Pruning's tracer prunes their inputs too). A layer that no traced output depends on
+would lose its input channels without being pruned itself: such a model is refused up front
+(``unmapped_layers``).
+
 ``ratio`` is Torch-Pruning's channel ratio: 0.5 removes half of the channels of every prunable layer (uniform)
 or half of all prunable channels, ranked together (``global_pruning=True``); parameters and MACs then drop by
 roughly ``1 - (1 - ratio)**2``. ``target_macs`` prunes in small steps until the MACs at ``imgsz`` fall below it.
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -40,26 +47,38 @@ MAX_TARGET_RATIO = 0.9
 TARGET_STEPS = 30
 
 
-def output_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
-    """The last conv/linear layer on every path to each output of ``FlatOutputs(model)(example)``.
+class TracedOutputs(FlatOutputs):
+    """What Torch-Pruning traces: ``adapter.pruning_outputs(images)`` when the adapter has it (every branch),
+    else ``FlatOutputs`` (``seg``, raw det tensors)."""
 
-    Walks the autograd graph back from each output tensor and stops at the first node produced by a
-    ``Conv*``/``Linear`` module: those layers set the number of output channels (det outputs, seg logits).
-    """
-    kinds = (nn.modules.conv._ConvNd, nn.Linear)
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        fn = getattr(self.adapter, "pruning_outputs", None)
+        return tuple(fn(images)) if callable(fn) else super().forward(images)
+
+
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+def _graph_producers(model: nn.Module, example: Tensor) -> tuple[dict[Any, nn.Module], tuple[Tensor, ...]]:
+    """``{grad_fn: layer}`` of every conv/linear/norm output in one traced forward, and the traced outputs."""
     producers: dict[Any, nn.Module] = {}
 
     def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
         if isinstance(out, Tensor) and out.grad_fn is not None:
             producers.setdefault(out.grad_fn, mod)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _LAYERS)]
     try:
         with torch.enable_grad():
-            outs = FlatOutputs(model)(example.detach().requires_grad_(True))
+            outs = TracedOutputs(model)(example.detach().requires_grad_(True))
     finally:
         for h in handles:
             h.remove()
+    return producers, outs
+
+
+def _walk(outs: tuple[Tensor, ...], producers: dict[Any, nn.Module], *, stop: bool) -> dict[int, nn.Module]:
+    """Layers met walking the autograd graph back from ``outs`` (``stop``: not past the first layer met)."""
     found: dict[int, nn.Module] = {}
     for t in outs:
         stack, seen = [t.grad_fn], set()
@@ -70,9 +89,35 @@ def output_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
             seen.add(node)
             if node in producers:
                 found.setdefault(id(producers[node]), producers[node])
-                continue
+                if stop:
+                    continue
             stack.extend(nxt for nxt, _ in node.next_functions)
-    return list(found.values())
+    return found
+
+
+def output_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
+    """The last conv/linear layer on every path to each traced output (``TracedOutputs(model)(example)``).
+
+    Walks the autograd graph back from each output tensor and stops at the first node produced by a
+    ``Conv*``/``Linear`` module: those layers set the number of output channels (det outputs, seg logits).
+    """
+    producers, outs = _graph_producers(model, example)
+    producers = {k: m for k, m in producers.items() if not isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return list(_walk(outs, producers, stop=True).values())
+
+
+def unmapped_layers(model: nn.Module, example: Tensor, ignored: list[nn.Module]) -> list[str]:
+    """Names of conv/linear/norm layers that no traced output depends on (a branch the adapter does not map,
+    e.g. YOLOP's lane head): Torch-Pruning would prune the channels feeding them but not the layers themselves.
+    Layers in ``ignored`` (and their children) are exempt (e.g. the fixed DFL kernel)."""
+    producers, outs = _graph_producers(model, example)
+    used = _walk(outs, producers, stop=False)
+    exempt = {id(m) for layer in ignored for m in layer.modules()}
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, _LAYERS) and id(m) not in used and id(m) not in exempt
+    ]
 
 
 def ignored_layers_of(model: nn.Module, example: Tensor) -> list[nn.Module]:
@@ -85,8 +130,8 @@ def ignored_layers_of(model: nn.Module, example: Tensor) -> list[nn.Module]:
 
 
 def _surrogate_loss(model: nn.Module, images: Tensor) -> Tensor:
-    """Data-free Taylor loss: mean squared value of every flat output (seg logits, raw det tensors)."""
-    return sum(t.float().pow(2).mean() for t in FlatOutputs(model)(images))
+    """Data-free Taylor loss: mean squared value of every traced output (seg logits, raw det tensors)."""
+    return sum(t.float().pow(2).mean() for t in TracedOutputs(model)(images))
 
 
 def _importance(name: str) -> tp.importance.Importance:
@@ -108,8 +153,9 @@ def _torch_pruning_errors(model: nn.Module) -> Iterator[None]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
             f"prune: Torch-Pruning cannot prune this {type(model).__name__} ({type(e).__name__}: {first}); "
-            f"blocks that split channels with chunk/split (e.g. Ultralytics C2f/C3k2) break its dependency "
-            f"graph: prune the built-in yolo_mt family instead. The model was left partially pruned."
+            f"blocks that split channels with chunk/split break its dependency graph (the ultralytics adapter "
+            f"replaces C2f/C3k2/C2PSA by split-free blocks; other models need the same). The model was left "
+            f"partially pruned."
         ) from e
 
 
@@ -171,47 +217,79 @@ def prune_model(
         raise ConfigError(f"round_to: expected a positive integer, got {round_to}")
     imp = _importance(importance)
 
+    context = model.pruning() if callable(getattr(model, "pruning", None)) else nullcontext()
+    was_training = model.training
+    model.eval()
+    try:
+        with context:
+            _prune(model, imp, ratio, target_macs, importance, global_pruning, imgsz, iterative_steps, round_to,
+                   loss_fn, seed)  # fmt: skip
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return model
+
+
+def _prune(
+    model: nn.Module,
+    imp: tp.importance.Importance,
+    ratio: float | None,
+    target_macs: float | None,
+    importance: str,
+    global_pruning: bool,
+    imgsz: int,
+    iterative_steps: int,
+    round_to: int | None,
+    loss_fn: Callable[[nn.Module, Tensor], Tensor] | None,
+    seed: int,
+) -> None:
+    """``prune_model``'s work, in eval mode, inside the adapter's ``pruning()`` context."""
     gen = torch.Generator().manual_seed(seed)
     device = _device(model)
     example = torch.randn(1, 3, imgsz, imgsz, generator=gen).to(device)
-    was_training = model.training
-    model.eval()
-    wrapper = FlatOutputs(model)
+    wrapper = TracedOutputs(model)
     with torch.no_grad():
         shapes = [tuple(t.shape) for t in wrapper(example)]
     macs0, _ = count_macs_params(model, imgsz)
     if target_macs is not None and macs0 <= target_macs:
-        model.train(was_training)
-        return model
+        return
+    ignored = ignored_layers_of(model, example)
+    unmapped = unmapped_layers(model, example, ignored)
+    if unmapped:
+        raise ConfigError(
+            f"prune: {len(unmapped)} layers of this {type(model).__name__} feed none of the outputs its adapter "
+            f"maps (e.g. {', '.join(unmapped[:3])}): Torch-Pruning would prune the channels they read but not "
+            f"them, breaking the model; map that branch to an output or remove it before pruning"
+        )
 
     steps = iterative_steps if target_macs is None else max(iterative_steps, TARGET_STEPS)
     pruner_cls = tp.pruner.BNScalePruner if importance == "bn_scale" else tp.pruner.MetaPruner
     taylor_images = torch.rand(2, 3, imgsz, imgsz, generator=gen).to(device)
     macs = macs0
-    try:
+    with _torch_pruning_errors(model):
+        pruner = pruner_cls(
+            wrapper,
+            example,
+            importance=imp,
+            global_pruning=global_pruning,
+            pruning_ratio=ratio if ratio is not None else MAX_TARGET_RATIO,
+            iterative_steps=steps,
+            ignored_layers=ignored,
+            round_to=round_to,
+        )
+    for _ in range(steps):
+        if importance == "taylor":
+            model.zero_grad(set_to_none=True)
+            (loss_fn or _surrogate_loss)(model, taylor_images).backward()
+            for p in model.parameters():  # layers the loss does not reach (frozen, unused): no gradient
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         with _torch_pruning_errors(model):
-            pruner = pruner_cls(
-                wrapper,
-                example,
-                importance=imp,
-                global_pruning=global_pruning,
-                pruning_ratio=ratio if ratio is not None else MAX_TARGET_RATIO,
-                iterative_steps=steps,
-                ignored_layers=ignored_layers_of(model, example),
-                round_to=round_to,
-            )
-        for _ in range(steps):
-            if importance == "taylor":
-                model.zero_grad(set_to_none=True)
-                (loss_fn or _surrogate_loss)(model, taylor_images).backward()
-            with _torch_pruning_errors(model):
-                pruner.step()
-            if target_macs is not None:
-                macs, _ = count_macs_params(model, imgsz)
-                if macs <= target_macs:
-                    break
-    finally:
-        model.zero_grad(set_to_none=True)
+            pruner.step()
+        if target_macs is not None:
+            macs, _ = count_macs_params(model, imgsz)
+            if macs <= target_macs:
+                break
     if target_macs is not None and macs > target_macs:
         raise ConfigError(
             f"target_macs: {target_macs:.4g} not reachable; pruning {MAX_TARGET_RATIO:.0%} of the channels "
@@ -221,8 +299,6 @@ def prune_model(
         after = [tuple(t.shape) for t in wrapper(example)]
     if after != shapes:  # an output layer was pruned: a bug in ignored-layer detection, never user error
         raise RuntimeError(f"pruning changed output shapes {shapes} -> {after}")
-    model.train(was_training)
-    return model
 
 
 def _parse_count(text: str) -> float:

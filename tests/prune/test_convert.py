@@ -223,7 +223,7 @@ def test_class_defined_in_main_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.delattr(sys.modules["__main__"], "C2f_v2")
     with pytest.raises(CheckpointError, match="C2f_v2") as err:
         convert_file(tmp_path / "m.pt", tmp_path / "out.pt", trust_pickle=True)
-    assert "__main__" in str(err.value) and "convert_module" in str(err.value)
+    assert "__main__" in str(err.value) and "--import SCRIPT.py" in str(err.value)
 
 
 def test_convert_module_rejects_non_adapters(tmp_path):

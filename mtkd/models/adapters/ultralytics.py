@@ -17,39 +17,60 @@ Config::
 - **semantic** task (last layer ``SemanticSegment``): seg-only; ``seg`` is its main classifier's logits at
   stride 8 (the auxiliary P4 classifier, used only by Ultralytics' training loss, is frozen).
 
-Seg logits are upsampled to the input resolution. Feature taps: ``p3``, ``p4``, ``p5`` = the head's inputs (any
-module path, e.g. ``model.model.9``, works too).
+Seg logits are upsampled to the input resolution. Feature taps are named by stride: ``p{log2(stride)}`` for each
+of the head's inputs (``p3``, ``p4``, ``p5``; ``p2`` for a stride-4 input of a P2 model; any module path, e.g.
+``model.model.9``, works too).
 
-``arch()`` is the model's YAML dict (Ultralytics keeps it as ``model.yaml``) plus names and seg-head widths. A
-pruned Ultralytics model no longer matches its YAML (Ultralytics issue #7498), so ``arch()`` raises
-``CheckpointError`` for it. Models with ``C2f``/``C3k2`` blocks split channels and are not prunable by
-Torch-Pruning anyway (see shared NOTES.md); prune the built-in ``yolo_mt`` family instead.
+**Pruning and safe checkpoints of pruned models.** ``pruning()`` (used by ``mtkd.prune.prune_model``) replaces the
+channel-splitting blocks (``C2f``, ``C3k2``, ``C2PSA``, ...) by split-free equivalents with the same outputs
+(``ultralytics_blocks``) so Torch-Pruning can follow the graph, and ``pruning_outputs`` exposes every branch to
+its tracer (the one-to-one head of end-to-end models, the semantic head's auxiliary classifier), so those are
+pruned consistently with the neck. ``ignored_layers()`` keeps the output convolutions (boxes, classes, DFL, both
+branches, the seg classifier) and the multi-head ``Attention`` modules (their per-head q/k/v split) whole.
+
+``arch()`` is the model's YAML dict (Ultralytics keeps it as ``model.yaml``) plus names, seg-head widths and, for
+a converted or pruned model, ``split_free`` (converted block paths) and ``widths`` (per-layer channel widths that
+differ from what the YAML builds; ``ultralytics_arch``), so a pruned model round-trips through a safe checkpoint.
+This also describes Torch-Pruning's own ``C2f_v2`` models (same ``cv0``/``cv1``/``cv2``/``m`` layout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtkd.errors import CheckpointError, ConfigError
+from mtkd.errors import ConfigError
 from mtkd.models.adapters._common import check_head, check_rebuildable, resolve_names
 from mtkd.models.adapters.base import DetSpec, MultiTaskAdapter
-from mtkd.models.adapters.ultralytics_yaml import validate_model_yaml
+from mtkd.models.adapters.ultralytics_arch import read_widths
+from mtkd.models.adapters.ultralytics_blocks import (
+    attention_modules,
+    make_split_free,
+    split_free_paths,
+    unsupported_blocks,
+)
+from mtkd.models.adapters.ultralytics_build import WHERE as _WHERE
+from mtkd.models.adapters.ultralytics_build import (
+    apply_arch_layout,
+    from_checkpoint,
+    from_yaml,
+    load_yaml,
+    reference,
+    tap_names,
+)
 from mtkd.models.features import FeatureTaps
 from mtkd.models.heads import SegHead
 from mtkd.models.outputs import DetOutput, MultiTaskOutput
 from mtkd.models.trust import TrustCode
-from mtkd.utils.env import quiet_ultralytics
 
 _CONFIG_KEYS = ("adapter", "model", "weights", "trust_pickle", "seg_head", "det_names", "seg_names", "head")
-_ARCH_KEYS = ("adapter", "yaml", "det_names", "seg_names", "seg_head")
-_WHERE = "ultralytics adapter"
+_ARCH_KEYS = ("adapter", "yaml", "det_names", "seg_names", "seg_head", "split_free", "widths")
 
 
 def _head_kind(model: nn.Module) -> str:
@@ -83,6 +104,8 @@ class UltralyticsAdapter(MultiTaskAdapter):
     adapter_label = _WHERE
     config_keys = _CONFIG_KEYS
     arch_keys = _ARCH_KEYS
+    #: the head kind comes from the model (``Detect``: anchor_free); ``build_model(head=...)`` does not apply
+    head_from_model = True
 
     def __init__(
         self,
@@ -107,7 +130,9 @@ class UltralyticsAdapter(MultiTaskAdapter):
         idx = [
             len(self.layers) - 2 if j == -1 else j for j in ([head.f] if isinstance(head.f, int) else head.f)
         ]
-        self._taps = {f"p{3 + i}": f"model.model.{j}" for i, j in enumerate(idx)}
+        self._taps = {
+            name: f"model.model.{j}" for name, j in zip(tap_names(model, head, idx), idx, strict=True)
+        }
         if self.task == "detect":
             ch = [int(s[0].conv.in_channels) for s in head.cv2]
             self.strides = tuple(int(s) for s in head.stride.tolist())
@@ -120,9 +145,9 @@ class UltralyticsAdapter(MultiTaskAdapter):
                 )
             self.strides, self.seg = (), None
             frozen = [head.aux_head]
-        for m in frozen:
-            if m is not None:
-                m.requires_grad_(False)
+        self._frozen = [m for m in frozen if m is not None]
+        for m in self._frozen:
+            m.requires_grad_(False)
 
     @property
     def layers(self) -> nn.Sequential:
@@ -162,6 +187,46 @@ class UltralyticsAdapter(MultiTaskAdapter):
                 seg = F.interpolate(head.classifier(xs[0]), size=size, mode="bilinear", align_corners=False)
         return MultiTaskOutput(seg=seg, det=det, features=feats)
 
+    # ---------------------------------------------------------------- pruning
+    @contextlib.contextmanager
+    def pruning(self) -> Iterator[None]:
+        """Make the model prunable for the block: split-free blocks (permanent; same outputs) and the frozen
+        branches (one-to-one head, semantic aux classifier) trainable, so Taylor importance sees their gradients.
+        ``ConfigError`` (before any change) for blocks that split channels and have no split-free equivalent."""
+        bad = unsupported_blocks(self)
+        if bad:
+            name = self.model.yaml.get("yaml_file", type(self.model).__name__)
+            raise ConfigError(
+                f"prune: {name} has blocks that split channels and have no split-free equivalent in mtkd "
+                f"({', '.join(bad)}); Torch-Pruning cannot follow them (tested families: YOLOv5u/v8/v10/11/26)"
+            )
+        make_split_free(self)
+        frozen = getattr(self, "_frozen", [])  # (absent from adapters pickled by older mtkd versions)
+        for m in frozen:
+            m.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for m in frozen:  # pruning replaced their parameters: freeze the modules again
+                m.requires_grad_(False)
+
+    def pruning_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """Every output branch for Torch-Pruning's tracer: ``forward``'s flat outputs plus the branches it skips
+        (the one-to-one head of end-to-end models: boxes, scores; the semantic head's aux classifier), so their
+        input channels are pruned together with the neck."""
+        head, xs = self.layers[-1], self._neck(images)
+        if self.task == "semantic":
+            aux = [head.aux_head(xs[1])] if head.aux_head is not None else []
+            return (head.classifier(xs[0]), *aux)
+        outs = [self.seg(xs[:2], size=tuple(images.shape[-2:]))] if self.seg is not None else []
+        branches = [(head.cv2, head.cv3)]
+        if getattr(head, "one2one_cv2", None) is not None:
+            branches.append((head.one2one_cv2, head.one2one_cv3))
+        for box, cls in branches:
+            raw = head.forward_head(xs, box_head=box, cls_head=cls)
+            outs += [raw["boxes"], raw["scores"]]
+        return tuple(outs)
+
     # ---------------------------------------------------------------- description
     def det_spec(self) -> DetSpec | None:
         if self.task != "detect":
@@ -173,26 +238,42 @@ class UltralyticsAdapter(MultiTaskAdapter):
         return list(self._taps)
 
     def ignored_layers(self) -> list[nn.Module]:
-        """Output layers whose widths are fixed (for Torch-Pruning; C2f models are not prunable anyway)."""
+        """Layers whose widths Torch-Pruning must keep: every output convolution (boxes, classes, DFL, of both
+        branches of end-to-end heads; the seg classifiers) and the multi-head ``Attention`` modules."""
         head = self.layers[-1]
         if self.task == "detect":
-            out = [s[-1] for s in head.cv2] + [s[-1] for s in head.cv3] + [head.dfl]
-            return out + (self.seg.ignored_layers() if self.seg is not None else [])
-        return [head.classifier[-1]] + ([head.aux_head[-1]] if head.aux_head is not None else [])
+            heads = [head.cv2, head.cv3] + [getattr(head, n, None) for n in ("one2one_cv2", "one2one_cv3")]
+            out = [s[-1] for h in heads if h is not None for s in h] + [head.dfl]
+            out += self.seg.ignored_layers() if self.seg is not None else []
+        else:
+            out = [head.classifier[-1]] + ([head.aux_head[-1]] if head.aux_head is not None else [])
+        return out + attention_modules(self)
 
     def arch(self) -> dict[str, Any]:
-        """``{"adapter", "yaml", "det_names", "seg_names", "seg_head"}``; ``CheckpointError`` when pruned."""
-        arch = {
+        """``{"adapter", "yaml", "det_names", "seg_names", "seg_head"}`` (+ ``split_free``, ``widths`` for a
+        converted or pruned model; module docstring). ``CheckpointError`` when that cannot rebuild the model."""
+        arch: dict[str, Any] = {
             "adapter": self.adapter_name,
             "yaml": copy.deepcopy(dict(self.model.yaml)),
             "det_names": list(self.det_names),
             "seg_names": list(self.seg_names),
             "seg_head": self.seg.widths() if self.seg is not None else None,
         }
+        split_free = split_free_paths(self)
+        if split_free:
+            arch["split_free"] = split_free
+        key = (hash(tuple((k, tuple(v.shape)) for k, v in self.state_dict().items())), tuple(split_free))
+        cached = getattr(self, "_mtkd_widths", None)
+        if cached is None or cached[0] != key:
+            with torch.device("meta"):
+                cached = (key, read_widths(self, reference(arch)))
+            self._mtkd_widths = cached
+        if cached[1]:
+            arch["widths"] = copy.deepcopy(cached[1])
         check_rebuildable(
-            self, lambda: _reference(arch), what=f"{_WHERE} ({arch['yaml'].get('yaml_file', 'model')})",
-            hint="Pruned Ultralytics models cannot be described by a model YAML; distill into the built-in "
-            "yolo_mt family (prunable) instead, or keep this model as an unpruned teacher.",
+            self, lambda: reference(arch), what=f"{_WHERE} ({arch['yaml'].get('yaml_file', 'model')})",
+            hint="Only channel widths of Conv2d/BatchNorm2d/Linear layers (and split-free blocks) can differ "
+            "from the model YAML.",
         )  # fmt: skip
         return arch
 
@@ -218,7 +299,7 @@ class UltralyticsAdapter(MultiTaskAdapter):
                     f"{_WHERE}: field 'weights' = {config['weights']!r} is a pickled Ultralytics checkpoint; loading it "
                     f"runs code from the file: set trust_pickle: true only for files you trust"
                 )
-            model = _from_checkpoint(config["weights"])
+            model = from_checkpoint(config["weights"])
             task, nc_model = _head_kind(model), int(model.model[-1].nc)
             nc_want = nc_det if task == "detect" else nc_seg
             if nc_want is not None and nc_want != nc_model:
@@ -235,13 +316,13 @@ class UltralyticsAdapter(MultiTaskAdapter):
             ):
                 det_names = [str(names[i]) for i in range(nc_model)]
         else:
-            cfg = _load_yaml(config["model"])
+            cfg = load_yaml(config["model"])
             from ultralytics.nn.tasks import guess_model_task
 
             task = guess_model_task(cfg)
             names = det_names if task == "detect" else seg_names
             nc_want = (nc_det if task == "detect" else nc_seg) or (len(names) if names else None)
-            model = _from_yaml(cfg, nc_want)
+            model = from_yaml(cfg, nc_want)
             nc_model = int(model.model[-1].nc)
         check_head(config.get("head"), "anchor_free" if task == "detect" else None, _WHERE)
         if task == "detect":
@@ -261,83 +342,13 @@ class UltralyticsAdapter(MultiTaskAdapter):
         if not isinstance(arch.get("yaml"), Mapping):
             raise ConfigError(f"{_WHERE} arch: field 'yaml' must be the model YAML dict")
         cfg = copy.deepcopy(dict(arch["yaml"]))
-        model = _from_yaml(cfg, cfg.get("nc"), f"{_WHERE} arch field 'yaml'")
-        return cls(
+        model = from_yaml(cfg, cfg.get("nc"), f"{_WHERE} arch field 'yaml'")
+        adapter = cls(
             model, det_names=arch.get("det_names") or (), seg_names=arch.get("seg_names") or (),
             seg_head=arch.get("seg_head"),
         )  # fmt: skip
-
-
-# -------------------------------------------------------------------------------------------------------- build
-def _reference(arch: Mapping[str, Any]) -> nn.Module:
-    """A module with the adapter's state_dict layout built from ``arch`` by Ultralytics' ``parse_model`` (no
-    stride-probing forward pass, so it also builds on the ``meta`` device): only its tensor shapes are used."""
-    from ultralytics.nn.tasks import parse_model
-
-    cfg = copy.deepcopy(dict(arch["yaml"]))
-    validate_model_yaml(cfg, f"{_WHERE} arch field 'yaml'")
-    ref = nn.Module()
-    ref.model = nn.Module()
-    ref.model.model, _ = parse_model(copy.deepcopy(cfg), ch=cfg.get("channels", 3), verbose=False)
-    if arch.get("seg_head") is not None:
-        ch = [int(s[0].conv.in_channels) for s in ref.model.model[-1].cv2]
-        ref.seg = SegHead(len(arch.get("seg_names") or ()), ch[:2], **arch["seg_head"])
-    return ref
-
-
-def _load_yaml(spec: str | Mapping[str, Any]) -> dict[str, Any]:
-    from ultralytics.nn.tasks import yaml_model_load
-
-    if isinstance(spec, Mapping):
-        return copy.deepcopy(dict(spec))
-    try:
-        return yaml_model_load(spec)
-    except Exception as e:  # FileNotFoundError from check_yaml, YAML errors
-        raise ConfigError(
-            f"{_WHERE}: field 'model' = {spec!r}: not a readable model YAML ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); use a bundled name like 'yolov8n.yaml' or a file path"
-        ) from None
-
-
-def _from_yaml(cfg: dict[str, Any], nc: int | None, where: str = f"{_WHERE}: field 'model'") -> nn.Module:
-    """Build an Ultralytics model from a YAML dict after ``validate_model_yaml`` (nothing in it is evaluated)."""
-    from ultralytics.nn.tasks import DetectionModel, SemanticSegmentationModel, guess_model_task
-
-    validate_model_yaml(cfg, where)
-    task = guess_model_task(cfg)
-    if task not in ("detect", "semantic"):
-        raise ConfigError(
-            f"{_WHERE}: field 'model': a {task!r} model YAML; expected a detect or semantic model"
-        )
-    cls = DetectionModel if task == "detect" else SemanticSegmentationModel
-    try:
-        with quiet_ultralytics():  # no "Overriding model.yaml nc=..." in library use
-            return cls(cfg, nc=nc or None, verbose=False)
-    except Exception as e:
-        raise ConfigError(
-            f"{_WHERE}: field 'model': Ultralytics cannot build this YAML ({type(e).__name__}: {e})"
-        ) from None
-
-
-def _from_checkpoint(path: str | Path) -> nn.Module:
-    """Unpickle an Ultralytics ``.pt`` (``{"model": module, "ema": module?, ...}``); runs pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: field 'weights': file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trust_pickle was given explicitly
-    except Exception as e:
-        raise CheckpointError(f"{path}: field 'weights': cannot unpickle ({type(e).__name__}: {e})") from None
-    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
-    if not isinstance(model, nn.Module):
-        raise CheckpointError(
-            f"{path}: field 'weights': expected an Ultralytics checkpoint with a 'model' module"
-        )
-    model = model.float()
-    model.requires_grad_(True)  # Ultralytics saves stripped checkpoints with requires_grad=False
-    if hasattr(model.model[-1], "dfl") and hasattr(model.model[-1].dfl, "conv"):
-        model.model[-1].dfl.requires_grad_(False)  # the DFL expectation kernel is fixed
-    return model
+        apply_arch_layout(adapter, arch, f"{where}: {_WHERE} arch")
+        return adapter
 
 
 #: the protocol class ``mtkd.models.build`` may dispatch to
