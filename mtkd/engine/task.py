@@ -148,15 +148,16 @@ def model_seg_tasks(model: nn.Module) -> dict[str, list[str]]:
     return {"seg": names} if names else {}
 
 
-def _check_names(model: nn.Module, spec: Any, who: str) -> None:
+def _check_names(model: nn.Module, spec: Any, who: str, *, det: bool = True, seg: bool = True) -> None:
+    """The model's class names are the dataset's (``det``/``seg`` false: that task is not compared)."""
     have, want = list(model.det_names), list(spec.det_names)
-    if have and have != want:
+    if det and have and have != want:
         raise CompatibilityError(
             f"{who}: det classes {have} differ from the dataset's {want} ({spec.yaml_path})"
         )
     have_seg = model_seg_tasks(model)
     want_seg = {t: st.names for t, st in spec.seg_tasks.items()}
-    if not have_seg:
+    if not have_seg or not seg:
         return
     if list(have_seg) != list(want_seg):
         raise CompatibilityError(
@@ -168,6 +169,21 @@ def _check_names(model: nn.Module, spec: Any, who: str) -> None:
             raise CompatibilityError(
                 f"{who}: {what} {names} differ from the dataset's {want_seg[t]} ({spec.yaml_path})"
             )
+
+
+def _check_ld(cfg: TrainConfig, student: nn.Module) -> None:
+    """``distill.det_kd.ld`` needs DFL bins: refuse it on anchor heads and one-bin heads (YOLO26), never a silent 0."""
+    spec = student.det_spec() if cfg.distill.det_kd.ld else None
+    if spec is not None and (spec.kind != "anchor_free" or (spec.reg_max or 1) <= 1):
+        why = (
+            "an anchor head has no DFL bins"
+            if spec.kind != "anchor_free"
+            else "its head has reg_max=1 (one bin)"
+        )
+        raise ConfigError(
+            f"distill.det_kd.ld: localization distillation compares DFL bin distributions, but {why}; "
+            "use distill.det_kd.ld=false (MSE on the box outputs)"
+        )
 
 
 def check_seg_task_options(cfg: TrainConfig, spec: Any) -> None:
@@ -255,10 +271,13 @@ def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.de
     from mtkd.models import check_compatible, load_model
 
     teacher = load_model(cfg.teacher, trust_code=cfg.trust_code)
-    _check_names(teacher, spec, f"teacher {cfg.teacher}")
-    check_compatible(teacher, student)
-    teacher = freeze(teacher).to(device)
     distill = DistillLoss.from_config(cfg, ignore_index=spec.ignore_index)
+    det_on, seg_on = distill.det_distilled, distill.seg_distilled
+    _check_names(teacher, spec, f"teacher {cfg.teacher}", det=det_on, seg=seg_on)
+    # a task whose logit KD never counts (alpha 0 all along, or det_kd.weight 0) needs no matching teacher head
+    check_compatible(teacher, student, det=det_on, seg=seg_on)
+    _check_ld(cfg, student)
+    teacher = freeze(teacher).to(device)
     names = distill.feature_names
     if names:
         distill.build(

@@ -157,6 +157,16 @@ class DistillLoss(nn.Module):
         return float(progress) * self.epochs < self.epochs - self.off_last_epochs - 1e-6
 
     @property
+    def det_distilled(self) -> bool:
+        """Whether det logit KD carries weight at some point (``alpha_det`` not 0 all along, ``det_kd.weight > 0``)."""
+        return not _never(self.alpha_det) and self.det_kd.weight > 0
+
+    @property
+    def seg_distilled(self) -> bool:
+        """Whether seg logit KD carries weight at some point (``alpha_seg`` or a task's own alpha not 0 all along)."""
+        return not all(_never(a) for a in (self.alpha_seg, *self.task_alpha.values()))
+
+    @property
     def feature_names(self) -> list[str]:
         """Feature taps to request from both models (``model(x, features=...)``); empty without feature KD."""
         return list(self.feature.names) if self.feature is not None else []
@@ -203,13 +213,17 @@ class DistillLoss(nn.Module):
         seg_kd = zero
         if s_out.multi_seg:
             seg = self._seg_tasks(s_out, t_out, task, temp, a_seg, batch, progress)
+        elif _never(self.alpha_seg):  # seg not distilled: the heads need not match
+            pass
         elif s_out.seg is not None and t_out.seg is not None:
             seg_kd = self._seg_kd(s_out.seg, t_out.seg, temp, self._ignore_mask(batch, s_out.seg))
         else:
             _require_teacher("seg", s_out.seg, t_out.seg, a_seg * self.ratio_seg)
 
         det_terms = {"det_kd": zero, "det_kd_box": zero, "det_kd_obj": zero, "det_kd_cls": zero}
-        if s_out.det is not None and t_out.det is not None:
+        if not self.det_distilled:  # alpha_det 0 all along or weight 0: the heads need not match
+            pass
+        elif s_out.det is not None and t_out.det is not None:
             o = self.det_kd
             det_terms.update(
                 det_logit_kd(
@@ -286,7 +300,9 @@ class DistillLoss(nn.Module):
             ratio = self.task_ratio.get(name, self.ratio_seg)
             loss_t = task[f"seg_loss/{name}"].float() if f"seg_loss/{name}" in task else zero
             kd_t = zero
-            if name in t_segs:
+            if _never(self.task_alpha.get(name, self.alpha_seg)):
+                pass  # this task is not distilled: the teacher need not have it
+            elif name in t_segs:
                 ignore = None
                 if self.seg_ignore_index is not None and name in masks:
                     ignore = masks[name].to(s.device) == self.seg_ignore_index
@@ -348,6 +364,11 @@ def _feature_distiller(cfg: FeatKDConfig) -> FeatureDistiller | None:
     return FeatureDistiller(
         names=list(cfg.names), kind=cfg.kind, weight=cfg.weight, connector_bn=cfg.connector_bn, **cfg.options
     )
+
+
+def _never(schedule: Schedule) -> bool:
+    """A schedule that is 0 from start to end (the KD term it mixes in never counts)."""
+    return schedule.start == 0 and schedule.end == 0
 
 
 def _reference(s_out: MultiTaskOutput, task: Mapping[str, Tensor]) -> Tensor | None:

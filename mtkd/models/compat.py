@@ -24,17 +24,20 @@ def _fail(what: str, t: object, s: object) -> CompatibilityError:
     return CompatibilityError(f"teacher/student mismatch: {what}: teacher {t!r} vs student {s!r}")
 
 
-def check_compatible(teacher: nn.Module, student: nn.Module, *, anchor_rtol: float = 1e-3) -> None:
+def check_compatible(
+    teacher: nn.Module, student: nn.Module, *, anchor_rtol: float = 1e-3, det: bool = True, seg: bool = True
+) -> None:
     """Raise ``CompatibilityError`` naming the first difference that makes logit distillation meaningless.
 
     Compares the detection heads (``det_spec()``: kind, number of classes, strides, anchors within
     ``anchor_rtol``, DFL ``reg_max``), the segmentation tasks (``seg_tasks``: the same task names, and per task the
     number of classes), and the class names when both models carry real names (placeholder names
     ``class0, class1, ...`` are not compared). Models without a detection (segmentation) head are compatible only
-    with models without one too.
+    with models without one too. ``det=False`` / ``seg=False``: that task is not distilled (its KD weight is 0),
+    so its heads need not match and are not compared.
     """
     t, s = _unwrap(teacher), _unwrap(student)
-    ts, ss = t.det_spec(), s.det_spec()
+    ts, ss = (t.det_spec(), s.det_spec()) if det else (None, None)
     if (ts is None) != (ss is None):
         raise _fail("det head", ts.kind if ts else None, ss.kind if ss else None)
     if ts is not None:
@@ -58,7 +61,7 @@ def check_compatible(teacher: nn.Module, student: nn.Module, *, anchor_rtol: flo
                         raise _fail("det anchors (w, h pixels)", ta, sa)
         if ts.reg_max != ss.reg_max:
             raise _fail("det reg_max (DFL bins)", ts.reg_max, ss.reg_max)
-    tt, st = _seg_tasks(t), _seg_tasks(s)
+    tt, st = (_seg_tasks(t), _seg_tasks(s)) if seg else ({}, {})
     if set(tt) - {"seg"} or set(st) - {"seg"}:  # named seg tasks on either side: compared task by task
         if sorted(tt) != sorted(st):
             raise _fail("seg tasks", list(tt), list(st))
@@ -68,7 +71,8 @@ def check_compatible(teacher: nn.Module, student: nn.Module, *, anchor_rtol: flo
     for what, tn, sn in pairs:
         if len(tn) != len(sn):
             raise _fail(f"{what}classes", len(tn), len(sn))
-    for what, tn, sn in [("det ", list(t.det_names), list(s.det_names)), *pairs]:
+    det_names = [("det ", list(t.det_names), list(s.det_names))] if det else []
+    for what, tn, sn in [*det_names, *pairs]:
         if tn and sn and not _placeholder(tn) and not _placeholder(sn) and tn != sn:
             raise _fail(f"{what}class names", tn, sn)
 
