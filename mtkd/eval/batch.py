@@ -8,6 +8,7 @@ at input resolution. The driver attaches the raw samples to the batch (``SourceI
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +48,41 @@ class Letterbox:
 
     def seg_to_original(self, logits: Tensor, hw: tuple[int, int]) -> Tensor:
         """``[C, h, w]`` logits of the letterboxed input ``hw`` → ``[H0, W0]`` int64 class map."""
-        x = logits[None].float()
-        if tuple(x.shape[-2:]) != hw:
-            x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
-        return F.interpolate(self.crop(x), size=(self.h0, self.w0), mode="bilinear", align_corners=False)[
-            0
-        ].argmax(0)
+        return seg_to_original(logits[None], hw, [self])[0]
+
+
+def seg_to_original(logits: Tensor, hw: tuple[int, int], letterboxes: Sequence[Letterbox]) -> list[Tensor]:
+    """Class maps at original resolution of a batch, on the logits' device.
+
+    Per image: the logits resized bilinearly to the input size ``hw`` (when their size differs), the letterbox
+    padding cropped, the rest resized bilinearly to ``(H0, W0)`` (when its size differs), argmax over classes.
+    Images with equal letterboxes (all of them, for a dataset of one image size) go through each step together.
+
+    Args:
+        logits: ``[B, C, h, w]`` segmentation logits.
+        hw: ``(S, S)`` letterboxed input size.
+        letterboxes: the ``B`` letterboxes.
+
+    Returns:
+        ``B`` int64 class maps ``[H0_i, W0_i]``.
+    """
+    from mtkd.models.postprocess import class_map
+
+    groups: dict[Letterbox, list[int]] = {}
+    for i, lb in enumerate(letterboxes):
+        groups.setdefault(lb, []).append(i)
+    out: list[Tensor] = [logits.new_zeros(0)] * len(letterboxes)
+    for lb, idx in groups.items():
+        x = logits if len(idx) == len(logits) else logits[torch.as_tensor(idx, device=logits.device)]
+        x = x.float()
+        if tuple(x.shape[-2:]) != tuple(hw):
+            x = F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False)
+        x = lb.crop(x)
+        if tuple(x.shape[-2:]) != (lb.h0, lb.w0):  # same size: bilinear resizing is the identity
+            x = F.interpolate(x, size=(lb.h0, lb.w0), mode="bilinear", align_corners=False)
+        for i, m in zip(idx, class_map(x)):
+            out[i] = m
+    return out
 
 
 class SourceIndex:

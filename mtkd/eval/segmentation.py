@@ -2,7 +2,8 @@
 
 One ``C x C`` int64 confusion matrix is accumulated over every labeled pixel of the dataset (rows = ground
 truth, columns = prediction; pixels whose ground truth is ``ignore_index`` are excluded), so memory is
-constant in the number of images. From it:
+constant in the number of images. It lives on the predictions' device and grows by one ``bincount`` per batch
+(no per-image work, no copy of the predictions to the host). From it:
 
 - ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``; a class with no ground-truth **and** no predicted pixels has an
   undefined IoU: it is left out of the mean and listed in ``absent_classes`` (a class predicted but never in
@@ -25,6 +26,8 @@ from mtkd.errors import DatasetError
 from mtkd.eval.evaluator import DatasetEvaluator
 from mtkd.eval.outputs import EvalOutputs
 from mtkd.utils.dist import all_reduce_sum
+
+_MAX_ROWS = 1 << 12  # bincount rows (target values) of the fast path
 
 
 class SegmentationEvaluator(DatasetEvaluator):
@@ -63,17 +66,26 @@ class SegmentationEvaluator(DatasetEvaluator):
     def process(self, batch: dict[str, Any], outputs: EvalOutputs) -> None:
         """Add the first ``batch["n_real"]`` images (see ``DatasetEvaluator.process`` for the shapes):
         ``outputs.seg(i)`` ``[H0, W0]`` against the raw mask ``[H0, W0]``, or ``outputs.seg_input[i]``
-        ``[S, S]`` against ``batch["masks"][i]``. A model without segmentation output adds nothing."""
+        ``[S, S]`` against ``batch["masks"][i]``. A model without segmentation output adds nothing. The whole
+        batch is counted at once on the predictions' device (the masks are copied there together)."""
         if outputs.raw.seg is None:
             return
+        preds, targets = [], []
         for i in range(batch["n_real"]):
             raw = batch["source"][i]
             if raw is not None:
-                pred = outputs.seg(i)
-                self.add(pred, torch.from_numpy(np.array(raw.mask, dtype=np.int64)).to(pred.device))
+                preds.append(outputs.seg(i))
+                targets.append(torch.from_numpy(np.array(raw.mask)))  # a writable copy
             else:
-                pred = outputs.seg_input[i]
-                self.add(pred, batch["masks"][i].to(pred.device))
+                preds.append(outputs.seg_input[i])
+                targets.append(batch["masks"][i])
+        if not preds:
+            return
+        if len({t.dtype for t in targets}) > 1:
+            targets = [t.long() for t in targets]
+        dev = preds[0].device
+        target = torch.cat([t.reshape(-1) for t in targets]).to(dev, non_blocking=True).long()
+        self._count(torch.cat([p.reshape(-1) for p in preds]), target)
 
     @torch.no_grad()
     def add(self, pred: Tensor, target: Tensor) -> None:
@@ -89,10 +101,47 @@ class SegmentationEvaluator(DatasetEvaluator):
         pred, target = torch.as_tensor(pred), torch.as_tensor(target)
         if pred.shape != target.shape:
             raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        self._count(pred.reshape(-1), target.to(pred.device).reshape(-1))
+
+    @torch.no_grad()
+    def _count(self, pred: Tensor, target: Tensor) -> None:
+        """Add flat ``pred [N]`` and ``target [N]`` (one device; the confusion matrix moves there).
+
+        One ``bincount`` over ``(target, pred)`` pairs with a row for every target value up to
+        ``ignore_index``; rows ``0..C-1`` are the confusion matrix, the ``ignore_index`` row is dropped and any
+        other non-empty row is a bad mask value. One host sync (value ranges), a second when the masks hold
+        values beyond the classes (the ``ignore_index`` check). Targets or predictions outside those ranges
+        take ``_count_exact``, the direct computation.
+        """
+        c, ign = self.num_classes, self.ignore_index
+        if not target.numel():
+            return
+        t, p = target.long(), pred.long()
+        t_lo, t_hi, p_lo, p_hi = torch.stack((*t.aminmax(), *p.aminmax())).tolist()
+        n_rows = max(c, ign + 1)
+        if t_lo >= 0 and t_hi < n_rows <= _MAX_ROWS and p_lo >= 0 and p_hi < c:
+            rows = torch.bincount(t * c + p, minlength=n_rows * c).view(n_rows, c)
+            if t_hi >= c:
+                beyond = rows[c:].sum(1)
+                if ign >= c:
+                    beyond[ign - c] = 0
+                if bool(beyond.any()):
+                    self._count_exact(t, p)  # raises DatasetError naming the first bad value
+            counts = rows[:c]
+            if 0 <= ign < c:  # an ignored class id: its pixels do not count
+                counts = counts.clone()
+                counts[ign] = 0
+        else:
+            counts = self._count_exact(t, p)
+        if self.confusion.device != counts.device:
+            self.confusion = self.confusion.to(counts.device)
+        self.confusion += counts
+
+    def _count_exact(self, t: Tensor, p: Tensor) -> Tensor:
+        """``[C, C]`` counts of int64 ``t [N]``, ``p [N]`` over the labeled pixels, after checking their values."""
         c = self.num_classes
-        keep = target != self.ignore_index
-        t = target[keep].long()
-        p = pred[keep].long()
+        keep = t != self.ignore_index
+        t, p = t[keep], p[keep]
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= c):
             bad = t[(t < 0) | (t >= c)][0].item()
             raise DatasetError(
@@ -101,8 +150,7 @@ class SegmentationEvaluator(DatasetEvaluator):
             )
         if p.numel() and (int(p.min()) < 0 or int(p.max()) >= c):
             raise ValueError(f"predicted class ids must be in [0, {c})")
-        counts = torch.bincount(t * c + p, minlength=c * c).reshape(c, c)
-        self.confusion += counts.cpu()
+        return torch.bincount(t * c + p, minlength=c * c).reshape(c, c)
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         """Returns ``{"seg": {"mIoU", "pixel_acc", "mAcc", "per_class_IoU": {name: IoU or None},
