@@ -144,17 +144,20 @@ def target(batch: dict[str, Any], i: int) -> dict[str, Any]:
     }
 
 
-def original_sample(batch: dict[str, Any], i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def original_sample(
+    batch: dict[str, Any], i: int, task: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Image ``i`` and its ground truth at original resolution, as numpy: ``image`` uint8 ``[H0, W0, 3]``,
-    ``mask`` ``[H0, W0]``, ``boxes`` ``[M, 4]`` xyxy, ``labels`` ``[M]``. Without a raw source the letterbox
-    padding of the batch is cropped and the rest resized back (bilinear image, nearest mask)."""
+    ``mask`` ``[H0, W0]`` (of seg task ``task`` of a several-task dataset; ``None``: the single task), ``boxes``
+    ``[M, 4]`` xyxy, ``labels`` ``[M]``. Without a raw source the letterbox padding of the batch is cropped and
+    the rest resized back (bilinear image, nearest mask)."""
     raw = batch["source"][i]
     if raw is not None:
-        return raw.image, raw.mask, raw.boxes, raw.labels
+        return raw.image, raw.mask if task is None else raw.masks[task], raw.boxes, raw.labels
     lb = Letterbox.from_batch(batch, i)
     img = F.interpolate(lb.crop(batch["images"][i].float())[None], size=(lb.h0, lb.w0), mode="bilinear")[0]
     image = (img.permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
-    m = lb.crop(batch["masks"][i])[None, None].float()
+    m = lb.crop(batch["masks"][i] if task is None else batch["seg_masks"][task][i])[None, None].float()
     mask = F.interpolate(m, size=(lb.h0, lb.w0), mode="nearest")[0, 0].long().cpu().numpy()
     sel = batch["batch_idx"] == i
     return image, mask, lb.boxes_to_original(batch["boxes"][sel]).numpy(), batch["labels"][sel].numpy()

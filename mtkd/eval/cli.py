@@ -149,11 +149,14 @@ def format_table(m: dict[str, Any]) -> str:
     )
     det, seg, speed = m.get("det"), m.get("seg"), m.get("speed")
     if det:
-        for k in ("mAP50_95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR100"):
-            rows.append((f"det {k} (%)", _fmt(det.get(k))))
-    if seg:
-        for k in ("mIoU", "pixel_acc", "mAcc"):
-            rows.append((f"seg {k} (%)", _fmt(seg.get(k))))
+        for k in ("mAP50_95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR100", "recall50"):
+            if k in det:
+                rows.append((f"det {k} (%)", _fmt(det.get(k))))
+    segs = {"seg": seg} if seg else {k: v for k, v in m.items() if str(k).startswith("seg/") and v}
+    for key, sm in segs.items():
+        for k in ("line_acc", "line_IoU", "mIoU", "pixel_acc", "mAcc"):
+            if k in sm:
+                rows.append((f"{key} {k} (%)", _fmt(sm.get(k))))
     if speed:
         rows.append(("device / threads", f"{speed.get('device')} / {speed.get('threads')}"))
         rows.append(
@@ -277,8 +280,11 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "flops_note": "FLOPs of one forward pass at batch 1 (multiply-add = 2), torch FlopCounterMode",
         "size_mb": file_size_mb(weights),
         "det_names": list(getattr(model, "det_names", [])),
-        "seg_names": list(getattr(model, "seg_names", [])),
     }
+    if getattr(model, "multi_seg", False):
+        model_info["seg_tasks"] = {t: list(n) for t, n in model.seg_tasks.items()}
+    else:
+        model_info["seg_names"] = list(getattr(model, "seg_names", []))
     out: dict[str, Any] = {"model": model_info}
     out.update({k: v for k, v in metrics.items() if k != "data"})
     if not args.no_speed:

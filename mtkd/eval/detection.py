@@ -244,7 +244,8 @@ class DetectionEvaluator(DatasetEvaluator):
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         """Returns ``{"det": {...}}`` with ``mAP50_95, mAP50, mAP75, mAP_small, mAP_medium, mAP_large, AR1,
-        AR10, AR100, AR_small, AR_medium, AR_large`` (fractions or ``None``), ``per_class_AP50_95`` and
+        AR10, AR100, AR_small, AR_medium, AR_large``, ``recall50`` (recall at IoU 0.5, 100 detections per image,
+        mean over classes; fractions or ``None``), ``per_class_AP50_95`` and
         ``per_class_AP50`` (``{name: value or None}``; ``None`` = class has no ground truth), ``images`` and
         ``instances`` (ground-truth boxes). Writes the COCO files to ``output_dir`` (rank 0) when set."""
         gt, results = self._coco = self.coco_json()
@@ -257,7 +258,9 @@ class DetectionEvaluator(DatasetEvaluator):
         names = self.class_names
         if not gt["images"]:
             out: dict[str, Any] = dict.fromkeys(_STAT_KEYS)
-            out.update(per_class_AP50_95=dict.fromkeys(names), per_class_AP50=dict.fromkeys(names))
+            out.update(
+                per_class_AP50_95=dict.fromkeys(names), per_class_AP50=dict.fromkeys(names), recall50=None
+            )
             return {**out, "images": 0, "instances": 0}
         ev = coco_eval(gt, results, self.backend)
         stats = [float(s) for s in np.asarray(ev.stats)[: len(_STAT_KEYS)]]
@@ -271,4 +274,7 @@ class DetectionEvaluator(DatasetEvaluator):
             ap[name] = _mean_valid(prec[:, :, k, 0, -1])
             ap50[name] = _mean_valid(prec[0, :, k, 0, -1])
         out.update(per_class_AP50_95=ap, per_class_AP50=ap50)
+        # recall at IoU 0.5 (YOLOP reports it next to mAP50): recall [T, K, A, M], area all, 100 dets per image,
+        # mean over the classes with ground truth
+        out["recall50"] = _mean_valid(np.asarray(ev.eval["recall"])[0, :, 0, -1])
         return {**out, "images": len(gt["images"]), "instances": len(gt["annotations"])}

@@ -33,18 +33,38 @@ N_SAMPLES = 4  # sample overlays written with save_predictions (the report shows
 
 def fitness(metrics: dict[str, Any], w_det: float = 0.5, w_seg: float = 0.5) -> float:
     """Best-checkpoint score: ``w_det * mAP50_95 + w_seg * mIoU``, weights renormalized over the tasks present
-    (a det-only model scores its mAP); a ``None`` metric counts 0."""
+    (a det-only model scores its mAP; several seg tasks count with their mean mIoU); a ``None`` metric counts 0."""
     parts = []
     if "det" in metrics:
         parts.append((w_det, metrics["det"].get("mAP50_95") or 0.0))
-    if "seg" in metrics:
-        parts.append((w_seg, metrics["seg"].get("mIoU") or 0.0))
+    seg = [v.get("mIoU") or 0.0 for k, v in metrics.items() if k == "seg" or str(k).startswith("seg/")]
+    if seg:  # several seg tasks: their mean mIoU
+        parts.append((w_seg, sum(seg) / len(seg)))
     total = sum(w for w, _ in parts)
     return float(sum(w * v for w, v in parts) / total) if total > 0 else 0.0
 
 
+def _check_seg_tasks(model: nn.Module, spec: Any) -> list[Any]:
+    """The dataset's seg tasks (``SegTask``) a several-task model is evaluated on; ``CompatibilityError`` when the
+    model's tasks or their classes differ from the dataset's."""
+    have = {t: list(n) for t, n in getattr(model, "seg_tasks", {}).items()}
+    want = {t: st.names for t, st in spec.seg_tasks.items()}
+    if have and (list(have) != list(want) or any(len(have[t]) != len(want[t]) for t in want)):
+        raise CompatibilityError(
+            f"model has seg tasks { {t: len(n) for t, n in have.items()} } (classes per task) but {spec.yaml_path} "
+            f"lists { {t: len(n) for t, n in want.items()} }"
+        )
+    return [spec.seg_tasks[t] for t in have]
+
+
 def _check_classes(model: nn.Module, spec: Any) -> tuple[int, int]:
     nc_det = int(getattr(model, "nc_det", len(spec.det_names)))
+    if spec.multi_seg or getattr(model, "multi_seg", False):
+        if len(spec.det_names) != nc_det and nc_det:
+            raise CompatibilityError(
+                f"model has {nc_det} detection classes but {spec.yaml_path} lists {len(spec.det_names)}"
+            )
+        return nc_det, 0
     nc_seg = int(getattr(model, "nc_seg", len(spec.seg_names)))
     for task, n, names in (("detection", nc_det, spec.det_names), ("segmentation", nc_seg, spec.seg_names)):
         if n and n != len(names):
@@ -72,11 +92,21 @@ def build_evaluators(
         evs.append(DetectionEvaluator(spec.det_names, output_dir=save_predictions))
     if nc_seg:
         evs.append(SegmentationEvaluator(len(spec.seg_names), spec.ignore_index, spec.seg_names))
+    elif spec.multi_seg or getattr(model, "multi_seg", False):  # one evaluator per seg task
+        for st in _check_seg_tasks(model, spec):
+            evs.append(
+                SegmentationEvaluator(st.nc, spec.ignore_index, st.names, task=st.name, lines=st.lines)
+            )
     if save_predictions is not None:
         samples = Path(save_predictions) / "samples"
         evs.append(
             SampleOverlayEvaluator(
-                samples, n_samples, det=bool(nc_det), det_names=spec.det_names, ignore_index=spec.ignore_index
+                samples,
+                n_samples,
+                det=bool(nc_det),
+                det_names=spec.det_names,
+                ignore_index=spec.ignore_index,
+                seg_tasks=list(spec.seg_tasks) if spec.multi_seg else None,
             )
         )
     return DatasetEvaluators([*evs, DataSummaryEvaluator(split, seg_resolution=seg_resolution)])

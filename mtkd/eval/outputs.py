@@ -122,3 +122,29 @@ class EvalOutputs:
         from mtkd.models.postprocess import postprocess_seg
 
         return None if self.raw.seg is None else postprocess_seg(self.raw.seg, self.hw)
+
+    def seg_of(self, task: str | None, i: int) -> Tensor | None:
+        """``seg(i)`` of seg task ``task`` of a several-task model (``None``: the single task): class map of image
+        ``i`` at original resolution, int64 ``[H0, W0]``; ``None`` when the model has no such output."""
+        if task is None:
+            return self.seg(i)
+        if task not in self._task_maps:
+            logits = self.raw.seg_tasks.get(task)
+            self._task_maps[task] = (
+                None if logits is None else seg_to_original(logits, self.hw, self.letterboxes)
+            )
+        maps = self._task_maps[task]
+        return None if maps is None else maps[i]
+
+    def seg_input_of(self, task: str | None) -> Tensor | None:
+        """``seg_input`` of seg task ``task`` (``None``: the single task): int64 ``[B, S, S]`` class maps."""
+        from mtkd.models.postprocess import postprocess_seg
+
+        if task is None:
+            return self.seg_input
+        logits = self.raw.seg_tasks.get(task)
+        return None if logits is None else postprocess_seg(logits, self.hw)
+
+    @cached_property
+    def _task_maps(self) -> dict[str, list[Tensor] | None]:
+        return {}

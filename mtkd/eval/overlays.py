@@ -1,6 +1,7 @@
 """Sample overlays: ``draw_sample`` (image + mask overlay + boxes → PNG bytes) and ``SampleOverlayEvaluator``,
 which writes ``<stem>_gt.png`` (ground truth) and ``<stem>.png`` (prediction) for the first images of a split
-at original resolution (``mtkd eval --save-predictions DIR`` → ``DIR/samples``; the report shows them).
+at original resolution (``mtkd eval --save-predictions DIR`` → ``DIR/samples``; the report shows them). A model
+with several seg tasks gets one pair per task, ``<stem>@<task>_gt.png`` / ``<stem>@<task>.png``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class SampleOverlayEvaluator(DatasetEvaluator):
         n_samples: images drawn (the first ones of the split on rank 0).
         det_names: detection class names (box labels). ignore_index: mask value left uncolored.
         det: draw predicted boxes (the model has a detection task).
+        seg_tasks: the seg tasks of a several-task model (one overlay pair each); ``None``: the single task.
     """
 
     def __init__(
@@ -107,8 +109,10 @@ class SampleOverlayEvaluator(DatasetEvaluator):
         det_names: Sequence[str] = (),
         ignore_index: int = 255,
         det: bool = True,
+        seg_tasks: Sequence[str] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.seg_tasks: list[str | None] = list(seg_tasks) if seg_tasks else [None]
         self.n_samples = int(n_samples)
         self.common: dict[str, Any] = {"det_names": list(det_names), "ignore_index": ignore_index}
         self.det = det
@@ -124,8 +128,12 @@ class SampleOverlayEvaluator(DatasetEvaluator):
         self._seen += len(batch["paths"])
 
     def _write(self, batch: dict[str, Any], outputs: EvalOutputs, i: int) -> None:
-        image, gt_mask, gt_boxes, gt_labels = original_sample(batch, i)
-        stem = Path(str(batch["paths"][i])).stem
+        for task in self.seg_tasks:
+            self._write_task(batch, outputs, i, task)
+
+    def _write_task(self, batch: dict[str, Any], outputs: EvalOutputs, i: int, task: str | None) -> None:
+        image, gt_mask, gt_boxes, gt_labels = original_sample(batch, i, task)
+        stem = Path(str(batch["paths"][i])).stem + ("" if task is None else f"@{task}")
         write_bytes(
             self.out_dir / f"{stem}_gt.png",
             what="sample overlay",
@@ -147,7 +155,7 @@ class SampleOverlayEvaluator(DatasetEvaluator):
                 labels=np.asarray(pred["labels"]).reshape(-1)[keep],
                 scores=scores[keep],
             )
-        mask = outputs.seg(i)
+        mask = outputs.seg_of(task, i)
         write_bytes(
             self.out_dir / f"{stem}.png",
             what="sample overlay",

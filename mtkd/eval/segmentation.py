@@ -11,6 +11,11 @@ constant in the number of images. It lives on the predictions' device and grows 
 - ``mIoU`` = mean IoU over the other classes;
 - ``pixel_acc = sum_c TP_c / labeled pixels``; ``mAcc`` = mean over classes with ground truth of
   ``TP_c / GT_c``.
+
+A model with several seg tasks gets one evaluator per task (``task=``), whose metrics are ``{"seg/<task>":
+{...}}``. A line task (``lines=True``: lane lines) adds YOLOP's lane metrics for its line class (class 1, the
+first after background): ``line_acc = TP_1 / GT_1`` (YOLOP's ``lineAccuracy``: the share of line pixels
+found) and ``line_IoU = IoU_1``.
 """
 
 from __future__ import annotations
@@ -44,11 +49,24 @@ class SegmentationEvaluator(DatasetEvaluator):
         num_classes: number of segmentation classes ``C``.
         ignore_index: ground-truth value of unlabeled pixels (excluded).
         class_names: names for the per-class outputs (default ``"0".."C-1"``).
+        task: the seg task of a several-task model to evaluate (``None``: the single task ``out.seg``).
+        lines: add the lane-line metrics (module docstring); needs ``num_classes >= 2``.
     """
 
     def __init__(
-        self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        *,
+        task: str | None = None,
+        lines: bool = False,
     ) -> None:
+        if lines and num_classes < 2:
+            raise ValueError(
+                f"a line task needs a background and a line class, got num_classes={num_classes}"
+            )
+        self.task, self.lines = task, bool(lines)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -68,17 +86,19 @@ class SegmentationEvaluator(DatasetEvaluator):
         ``outputs.seg(i)`` ``[H0, W0]`` against the raw mask ``[H0, W0]``, or ``outputs.seg_input[i]``
         ``[S, S]`` against ``batch["masks"][i]``. A model without segmentation output adds nothing. The whole
         batch is counted at once on the predictions' device (the masks are copied there together)."""
-        if outputs.raw.seg is None:
+        task = self.task
+        if (outputs.raw.seg if task is None else outputs.raw.seg_tasks.get(task)) is None:
             return
         preds, targets = [], []
         for i in range(batch["n_real"]):
             raw = batch["source"][i]
             if raw is not None:
-                preds.append(outputs.seg(i))
-                targets.append(torch.from_numpy(np.array(raw.mask)))  # a writable copy
+                preds.append(outputs.seg_of(task, i))
+                mask = raw.mask if task is None else raw.masks[task]
+                targets.append(torch.from_numpy(np.array(mask)))  # a writable copy
             else:
-                preds.append(outputs.seg_input[i])
-                targets.append(batch["masks"][i])
+                preds.append(outputs.seg_input_of(task)[i])
+                targets.append(batch["masks"][i] if task is None else batch["seg_masks"][task][i])
         if not preds:
             return
         if len({t.dtype for t in targets}) > 1:
@@ -166,8 +186,15 @@ class SegmentationEvaluator(DatasetEvaluator):
         total = cm.sum()
         has_gt = gt > 0
         names = self.class_names
+        lines = {}
+        if self.lines:  # YOLOP's lane metrics of the line class (1)
+            lines = {
+                "line_acc": float(tp[1] / gt[1]) if gt[1] > 0 else None,
+                "line_IoU": float(iou[1]) if present[1] else None,
+            }
         return {
-            "seg": {
+            "seg" if self.task is None else f"seg/{self.task}": {
+                **lines,
                 "mIoU": float(iou[present].mean()) if present.any() else None,
                 "pixel_acc": float(tp.sum() / total) if total > 0 else None,
                 "mAcc": float((tp[has_gt] / gt[has_gt]).mean()) if has_gt.any() else None,

@@ -57,7 +57,7 @@ RESULT_SECTIONS = ("det", "seg", "speed")  # a metrics JSON has at least one (a 
 NUMBERS = {
     "model": ("params", "flops", "size_mb"),
     "det": ("mAP50_95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
-            "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large", "images", "instances"),
+            "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large", "recall50", "images", "instances"),
     "seg": ("mIoU", "pixel_acc", "mAcc", "pixels"),
     "speed": ("latency_ms_p50", "latency_ms_p90", "latency_ms_mean", "throughput_ips", "throughput_batch",
               "threads", "batch", "latency_ms_iqr", "latency_round_spread", "latency_rounds", "latency_samples",
@@ -89,7 +89,18 @@ def check_metrics(m: dict[str, Any], path: Path | str) -> None:
     no ``speed``); every section present must be an object and every value the report computes with a
     number or null (per-class values too; ``seg.confusion_matrix`` a square list of number rows).
     """
-    if not any(k in m for k in RESULT_SECTIONS):
+    task_secs = [k for k in m if str(k).startswith("seg/")]  # several seg tasks: seg/<task>, like seg
+    for k in task_secs:
+        v = m[k]
+        bad = not isinstance(v, dict) or any(
+            v.get(f) is not None and not _is_number(v.get(f))
+            for f in (*NUMBERS["seg"], "line_acc", "line_IoU")
+        )
+        if bad:
+            raise ConfigError(
+                f"{path}: field '{k}': expected an object of seg metrics (numbers or null), got {_shown(v)}"
+            )
+    if not task_secs and not any(k in m for k in RESULT_SECTIONS):
         keys = ", ".join(map(repr, list(m)[:5])) + (", ..." if len(m) > 5 else "") or "none"
         raise ConfigError(
             f"{path}: not an mtkd metrics JSON (expected 'det', 'seg' and/or 'speed' results as "
@@ -193,7 +204,7 @@ def _metrics_from_checkpoint(path: Path) -> dict[str, Any]:
     from mtkd.checkpoint import load_checkpoint
 
     m = load_checkpoint(path).get("metrics")
-    if not isinstance(m, dict) or not ("det" in m or "seg" in m):
+    if not isinstance(m, dict) or not any(k in ("det", "seg") or str(k).startswith("seg/") for k in m):
         return {}
     check_metrics(m, f"{path} (stored metrics)")
     model = {"weights": str(path), "size_mb": path.stat().st_size / 2**20, **(m.get("model") or {})}

@@ -46,7 +46,11 @@ METRIC_DEFINITIONS = [
     "resolution. Per-class AP is the mean of the precision array over IoU thresholds and recall points.",
     "**mIoU**: dataset-level — one confusion matrix over every labeled pixel of the split (`ignore_index` "
     "pixels excluded), IoU = TP / (TP + FP + FN) per class; a class absent from both the ground truth and the "
-    "predictions is left out of the mean (listed as absent). **Pixel accuracy** = correct / labeled pixels.",
+    "predictions is left out of the mean (listed as absent). **Pixel accuracy** = correct / labeled pixels. "
+    "Several seg tasks: one matrix per task, and the summary's mIoU is their mean. A lane-line task adds YOLOP's "
+    "lane metrics of its line class: **lane line accuracy** = line pixels found / line pixels (YOLOP's "
+    "lineAccuracy) and **lane line IoU**. **recall@0.5**: COCO recall at IoU 0.5 with at most 100 detections "
+    "per image, averaged over classes.",
     "**Latency**: p50 / p90 wall time of one forward pass at batch 1 after warm-up (no pre/post-processing), "
     "on the device and CPU thread count shown, timed in rounds until the medians of the last 3 rounds agree "
     "within 5% (or a time budget runs out: *not stable*); p50/p90 are over those last rounds. Models timed "
@@ -61,7 +65,7 @@ METRIC_DEFINITIONS = [
 SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("mAP50-95 (%)", lambda m: (m.get("det") or {}).get("mAP50_95"), "pct"),
     ("mAP50 (%)", lambda m: (m.get("det") or {}).get("mAP50"), "pct"),
-    ("mIoU (%)", lambda m: (m.get("seg") or {}).get("mIoU"), "pct"),
+    ("mIoU (%)", lambda m: _miou(m), "pct"),
     ("latency p50 (ms)", lambda m: (m.get("speed") or {}).get("latency_ms_p50"), "num"),
     ("params (M)", lambda m: _scaled((m.get("model") or {}).get("params"), 1e-6), "num"),
     ("GFLOPs", lambda m: _scaled((m.get("model") or {}).get("flops"), 1e-9), "num"),
@@ -75,11 +79,37 @@ DETAIL = [
     ("mAP50-95 (%)", "det", "mAP50_95", "pct"), ("mAP50 (%)", "det", "mAP50", "pct"),
     ("mAP75 (%)", "det", "mAP75", "pct"), ("AP small (%)", "det", "mAP_small", "pct"),
     ("AP medium (%)", "det", "mAP_medium", "pct"), ("AP large (%)", "det", "mAP_large", "pct"),
-    ("AR@100 (%)", "det", "AR100", "pct"), ("mIoU (%)", "seg", "mIoU", "pct"),
+    ("AR@100 (%)", "det", "AR100", "pct"), ("recall@0.5 (%)", "det", "recall50", "pct"),
+    ("mIoU (%)", "seg", "mIoU", "pct"),
     ("pixel accuracy (%)", "seg", "pixel_acc", "pct"), ("mean class accuracy (%)", "seg", "mAcc", "pct"),
     ("latency p50 (ms)", "speed", "latency_ms_p50", "num"), ("latency p90 (ms)", "speed", "latency_ms_p90", "num"),
     ("throughput (img/s)", "speed", "throughput_ips", "num"),
 ]  # fmt: skip
+
+
+def seg_task_keys(entries: list[ReportEntry]) -> list[str]:
+    """The ``seg/<task>`` sections of several-task models, in first-seen order."""
+    keys: list[str] = []
+    for e in entries:
+        keys += [k for k in e.metrics if str(k).startswith("seg/") and k not in keys]
+    return keys
+
+
+def _task_rows(key: str) -> list[tuple[str, str, str, str]]:
+    """``DETAIL`` rows of seg task ``key`` (``seg/<task>``): its lane metrics (line tasks), mIoU, accuracies."""
+    t = key.split("/", 1)[1]
+    return [
+        (f"{t}: lane line accuracy (%)", key, "line_acc", "pct"), (f"{t}: lane line IoU (%)", key, "line_IoU", "pct"),
+        (f"{t}: mIoU (%)", key, "mIoU", "pct"), (f"{t}: pixel accuracy (%)", key, "pixel_acc", "pct"),
+    ]  # fmt: skip
+
+
+def _miou(m: dict[str, Any]) -> float | None:
+    """The single task's mIoU, or the mean mIoU of several seg tasks (``seg/<task>``)."""
+    if m.get("seg"):
+        return m["seg"].get("mIoU")
+    vals = [v.get("mIoU") for k, v in m.items() if str(k).startswith("seg/") and isinstance(v, dict)]
+    return sum(vals) / len(vals) if vals and None not in vals else None
 
 
 def _scaled(v: Any, f: float) -> float | None:
@@ -254,7 +284,8 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
         )
     doc.table(["model"] + [c for c, _, _ in SUMMARY], rows)
     detail = []  # built before the latency notes are written: its cells may add notes
-    for label, sec, key, kind in DETAIL:
+    task_rows = [r for k in seg_task_keys(entries) for r in _task_rows(k)]
+    for label, sec, key, kind in [*DETAIL[:8], *task_rows, *DETAIL[8:]]:
         vals = [(e.metrics.get(sec) or {}).get(key) for e in entries]
         if any(v is not None for v in vals):
             speed_key = key if sec == "speed" else None

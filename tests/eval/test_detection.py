@@ -97,12 +97,14 @@ def reference(preds, targets):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    rec = ev.eval["recall"][0, :, 0, -1]  # [T, K, A, M]: IoU 0.5, every class, area all, 100 dets
+    recall50 = float(rec[rec > -1].mean())
     prec = ev.eval["precision"]
     per_class = {}
     for k, n in enumerate(NAMES):
         p = prec[:, :, k, 0, -1]
         per_class[n] = float(p[p > -1].mean()) if (p > -1).any() else None
-    return ev.stats, per_class
+    return ev.stats, per_class, recall50
 
 
 def run(preds, targets, backend, batch=5):
@@ -116,7 +118,7 @@ def run(preds, targets, backend, batch=5):
 @pytest.mark.parametrize("seed,ties", [(0, False), (1, False), (2, True)])
 def test_matches_pycocotools(backend, seed, ties):
     preds, targets = random_dataset(seed, quantize_scores=ties)
-    stats, per_class = reference(preds, targets)
+    stats, per_class, recall50 = reference(preds, targets)
     det = run(preds, targets, backend)
     assert 0.05 < det["mAP50"] < 0.95  # a non-trivial case
     for key, ref in zip(STATS, stats):
@@ -126,6 +128,8 @@ def test_matches_pycocotools(backend, seed, ties):
             assert det[key] == pytest.approx(ref, abs=1e-6), key
     for name in NAMES:
         assert det["per_class_AP50_95"][name] == pytest.approx(per_class[name], abs=1e-6)
+    # recall at IoU 0.5 (<= 100 dets), mean over classes: pycocotools' recall array read directly
+    assert det["recall50"] == pytest.approx(recall50, abs=1e-6)
     # mAP is the mean of the per-class APs (COCO definition)
     valid = [v for v in det["per_class_AP50_95"].values() if v is not None]
     assert det["mAP50_95"] == pytest.approx(np.mean(valid), abs=1e-9)
@@ -141,7 +145,7 @@ def test_perfect_predictions_score_one(backend):
         for t in targets
     ]
     det = run(preds, targets, backend)
-    for key in ("mAP50_95", "mAP50", "mAP75", "AR100"):
+    for key in ("mAP50_95", "mAP50", "mAP75", "AR100", "recall50"):
         assert det[key] == pytest.approx(1.0)
     assert all(v == pytest.approx(1.0) for v in det["per_class_AP50_95"].values())
 
@@ -151,7 +155,7 @@ def test_empty_predictions_score_zero(backend):
     _, targets = random_dataset(4)
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
     det = run([empty] * len(targets), targets, backend)
-    assert det["mAP50_95"] == 0.0 and det["mAP50"] == 0.0 and det["AR100"] == 0.0
+    assert det["mAP50_95"] == 0.0 and det["mAP50"] == 0.0 and det["AR100"] == 0.0 and det["recall50"] == 0.0
     assert all(v == 0.0 for v in det["per_class_AP50_95"].values())
 
 
