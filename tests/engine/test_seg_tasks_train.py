@@ -101,3 +101,43 @@ def test_task_options_on_a_single_task_dataset_are_refused(tiny_data, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"seg_tasks.lane: the dataset .* has one seg task"):
         Trainer(cfg).setup()
+
+
+def test_yolop_like_generic_teacher_distills_into_a_built_in_two_task_student(
+    two_task_data, tmp_path, monkeypatch
+):
+    """A YOLOP-like model in the user's own file (anchor det head, two sigmoid seg heads) wrapped by the generic
+    adapter teaches a built-in two-task student: per-task seg KD from its probabilities turned into logits."""
+    from mtkd.checkpoint import save_model
+    from mtkd.models import build_model
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "models" / "adapters"))  # the user's own module
+    dets = ["ellipse", "rectangle", "triangle", "star"]
+    tasks = {"drivable": ["background", "drivable"], "lane": ["background", "lane"]}
+    anchors = build_model("yolo_mt_n", det_names=dets, seg_tasks=tasks).det_spec().anchors  # same anchors
+    teacher = build_model(
+        {
+            "adapter": "generic",
+            "target": "mtkd_adapter_toys:YoloPLike",
+            "kwargs": {"nc": 4},
+            "head": "anchor",
+            "strides": [8, 16, 32],
+            "anchors": [[float(v) for wh in level for v in wh] for level in anchors],
+            "outputs": {
+                "det": 0,
+                "drivable": {"index": 1, "activation": "sigmoid"},
+                "lane": {"index": 2, "activation": "sigmoid"},
+            },
+            "eval_outputs": {"det": [0, 1]},
+            "features": {"p3": "backbone.stem"},
+        },
+        det_names=dets,
+        seg_tasks=tasks,
+    )
+    path = save_model(tmp_path / "yolop_teacher.pt", teacher)
+    over = [f"teacher={path}", "trust_code=[mtkd_adapter_toys:YoloPLike]", "distill.feat_kd.names=[p3]"]
+    cfg = load_config(ROOT / "configs" / "shapes_distill.yaml", [*_overrides(two_task_data, tmp_path), *over])
+    terms = _first_step(Trainer(cfg))
+    for t in ("drivable", "lane"):
+        assert float(terms[f"seg_kd/{t}"]) > 0 and torch.isfinite(terms[f"seg_kd/{t}"])
+    assert float(terms["det_kd"]) > 0 and float(terms["feat_kd"]) > 0
