@@ -160,6 +160,12 @@ class FeatKDConfig:
 class DistillConfig:
     seg_kd: str = field(default="kl", metadata=field_meta("seg logit KD", choices=tuple(SEG_KD_OPTIONS)))
     seg_kd_options: dict = field(default_factory=dict, metadata=field_meta("seg_kd options (SEG_KD_OPTIONS)"))
+    seg_kd_at: str = field(
+        default="head",
+        metadata=field_meta(
+            "seg KD on the heads' logits before upsampling, or at input size", choices=("head", "input")
+        ),
+    )
     det_kd: DetKDConfig = field(default_factory=DetKDConfig, metadata=field_meta("detection logit KD"))
     feat_kd: FeatKDConfig = field(default_factory=FeatKDConfig, metadata=field_meta("feature distillation"))
     off_last_epochs: int = field(

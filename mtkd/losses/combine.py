@@ -34,22 +34,9 @@ from mtkd.config import DetKDConfig, DistillConfig, FeatKDConfig, TrainConfig
 from mtkd.errors import CompatibilityError
 from mtkd.losses.feature_kd import FeatureDistiller
 from mtkd.losses.logit_kd import det_logit_kd, seg_cwd, seg_dist, seg_kl, zero_like
+from mtkd.losses.plain import EXTRA_KEYS, MAIN_KEYS, plain_loss, seg_task_names
 from mtkd.models.outputs import MultiTaskOutput
 from mtkd.utils.schedules import Schedule
-
-#: Main terms, always present in the result of ``DistillLoss.forward`` and ``plain_loss``.
-MAIN_KEYS = ("seg_loss", "seg_kd", "det_loss", "det_kd", "feat_kd", "loss")
-#: Further keys always present in both results (so logs have the same columns with or without a teacher).
-EXTRA_KEYS = (
-    "seg_total",
-    "det_total",
-    "det_kd_box",
-    "det_kd_obj",
-    "det_kd_cls",
-    "temperature",
-    "alpha_seg",
-    "alpha_det",
-)
 
 
 class DistillLoss(nn.Module):
@@ -66,6 +53,11 @@ class DistillLoss(nn.Module):
         ratio_seg, ratio_det: ``>= 0``.
         seg_kd: ``"kl"`` (``seg_kl``), ``"cwd"`` (``seg_cwd``) or ``"dist"`` (``seg_dist``).
         seg_kd_options: keyword options of that loss (``dist``: ``beta``, ``gamma``, ``tau``); ``{}`` = its defaults.
+        seg_kd_at: ``"head"``: seg KD on both models' head logits before their bilinear upsampling
+            (``out.seg_head_logits``, stride 8 for the built-in head: 64x fewer pixels) when both expose them at
+            the same size, else at input size; ``"input"``: always on the upsampled logits. Bilinear upsampling
+            is linear in the logits but the KL/DIST/CWD are not, so the value at the head's resolution is close
+            to, not equal to, the value at input size (equal where the head does not upsample).
         seg_ignore_index: mask pixels where ``batch["masks"] == seg_ignore_index`` out of the seg KL and DIST
             (needs ``batch`` in ``forward``); ``None`` keeps every pixel. The dataset's ``ignore_index``.
         det_kd: ``DetKDConfig`` (options of ``det_logit_kd``: ``weight``, ``weight_by_teacher``, ``ld``,
@@ -88,6 +80,7 @@ class DistillLoss(nn.Module):
         ratio_det: float = TrainConfig.ratio_det,
         seg_kd: str = DistillConfig.seg_kd,
         seg_kd_options: Mapping[str, float] | None = None,
+        seg_kd_at: str = DistillConfig.seg_kd_at,
         seg_ignore_index: int | None = 255,
         det_kd: DetKDConfig | None = None,
         feat_kd: FeatKDConfig | FeatureDistiller | None = None,
@@ -112,6 +105,7 @@ class DistillLoss(nn.Module):
         }
         self.task_ratio = {t: float(o["ratio"]) for t, o in (seg_tasks or {}).items() if "ratio" in o}
         self.seg_kd, self.seg_kd_options = seg_kd, dict(seg_kd_options or {})
+        self.seg_kd_at = seg_kd_at
         self.seg_ignore_index = seg_ignore_index
         self.det_kd = det_kd if det_kd is not None else DetKDConfig()
         if isinstance(feat_kd, FeatKDConfig):
@@ -138,6 +132,7 @@ class DistillLoss(nn.Module):
             ratio_det=cfg.ratio_det,
             seg_kd=cfg.distill.seg_kd,
             seg_kd_options=cfg.distill.seg_kd_options,
+            seg_kd_at=cfg.distill.seg_kd_at,
             seg_ignore_index=ignore_index,
             det_kd=cfg.distill.det_kd,
             feat_kd=cfg.distill.feat_kd,
@@ -216,7 +211,8 @@ class DistillLoss(nn.Module):
         elif _never(self.alpha_seg):  # seg not distilled: the heads need not match
             pass
         elif s_out.seg is not None and t_out.seg is not None:
-            seg_kd = self._seg_kd(s_out.seg, t_out.seg, temp, self._ignore_mask(batch, s_out.seg))
+            s, t = self._kd_pair("seg", s_out, t_out)
+            seg_kd = self._seg_kd(s, t, temp, self._ignore_mask(batch, s))
         else:
             _require_teacher("seg", s_out.seg, t_out.seg, a_seg * self.ratio_seg)
 
@@ -271,6 +267,19 @@ class DistillLoss(nn.Module):
         )
         return out
 
+    def _kd_pair(self, task: str, s_out: MultiTaskOutput, t_out: MultiTaskOutput) -> tuple[Tensor, Tensor]:
+        """The student / teacher logits seg KD of ``task`` compares: the heads' logits before upsampling
+        (``seg_kd_at="head"``, both exposed at one size), else the outputs."""
+        s_low, t_low = s_out.seg_head_logits.get(task), t_out.seg_head_logits.get(task)
+        if (
+            self.seg_kd_at == "head"
+            and s_low is not None
+            and t_low is not None
+            and s_low.shape == t_low.shape
+        ):
+            return s_low, t_low
+        return s_out.seg_outputs[task], t_out.seg_outputs[task]
+
     def _seg_kd(self, s: Tensor, t: Tensor, temp: float, ignore: Tensor | None) -> Tensor:
         """The configured seg logit KD of student ``s`` and teacher ``t`` logits ``[B, C, h, w]``."""
         if self.seg_kd == "kl":
@@ -306,7 +315,8 @@ class DistillLoss(nn.Module):
                 ignore = None
                 if self.seg_ignore_index is not None and name in masks:
                     ignore = masks[name].to(s.device) == self.seg_ignore_index
-                kd_t = self._seg_kd(s, t_segs[name], temp, ignore)
+                s_kd, t_kd = self._kd_pair(name, s_out, t_out)
+                kd_t = self._seg_kd(s_kd, t_kd, temp, ignore)
             elif a * ratio > 0:
                 raise CompatibilityError(
                     f"the teacher has no output for seg task '{name}' but its alpha > 0 (and ratio > 0): set "
@@ -387,43 +397,3 @@ def _require_teacher(task_name: str, s: Any, t: Any, weight: float) -> None:
             f"the teacher has no {task_name} output but alpha_{task_name} > 0 (and ratio_{task_name} > 0): "
             f"set alpha_{task_name}=0 or use a teacher with a {task_name} head"
         )
-
-
-def seg_task_names(task: Mapping[str, Tensor]) -> list[str]:
-    """The seg tasks of a several-task model's task losses (their ``seg_loss/<task>`` keys), in order."""
-    return [k.split("/", 1)[1] for k in task if k.startswith("seg_loss/")]
-
-
-def plain_loss(
-    task: Mapping[str, Tensor],
-    *,
-    ratio_seg: float = TrainConfig.ratio_seg,
-    ratio_det: float = TrainConfig.ratio_det,
-    seg_ratios: Mapping[str, float] | None = None,
-) -> dict[str, Tensor]:
-    """Training without a teacher: ``loss = ratio_det * det_loss + ratio_seg * seg_loss`` (several seg tasks:
-    ``+ sum_t ratio_t * seg_loss_t``, ``ratio_t`` from ``seg_ratios``, default ``ratio_seg``).
-
-    Returns the same keys as ``DistillLoss.forward`` (``MAIN_KEYS`` + ``EXTRA_KEYS`` + task sub-terms) with
-    every KD term, ``temperature`` and the alphas set to 0, so logs have the same columns either way (only the
-    per-tap ``feat_kd_<name>`` columns exist in distilled runs alone).
-    """
-    ratio_seg, ratio_det = float(ratio_seg), float(ratio_det)
-    zero = zero_like(next((v for v in task.values() if isinstance(v, Tensor)), None))
-    out: dict[str, Tensor] = {k: v for k, v in task.items() if k not in MAIN_KEYS + EXTRA_KEYS}
-    seg_loss = task["seg_loss"].float() if "seg_loss" in task else zero
-    det_loss = task["det_loss"].float() if "det_loss" in task else zero
-    out.update({k: zero for k in ("seg_kd", "det_kd", "feat_kd", "det_kd_box", "det_kd_obj", "det_kd_cls")})
-    out.update({k: zero for k in ("temperature", "alpha_seg", "alpha_det")})
-    out.update(seg_loss=seg_loss, det_loss=det_loss, seg_total=seg_loss, det_total=det_loss)
-    names = seg_task_names(task)
-    if not names:
-        out["loss"] = ratio_det * det_loss + ratio_seg * seg_loss
-        return out
-    weighted = zero
-    for name in names:
-        loss_t = task[f"seg_loss/{name}"].float()
-        out.update({f"seg_kd/{name}": zero, f"seg_total/{name}": loss_t, f"alpha_seg/{name}": zero})
-        weighted = weighted + (seg_ratios or {}).get(name, ratio_seg) * loss_t
-    out["loss"] = ratio_det * det_loss + weighted
-    return out

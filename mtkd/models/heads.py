@@ -194,11 +194,27 @@ class SegHead(nn.Module):
         self.cls = nn.Conv2d(conv, nc, 1)
 
     def forward(self, feats: Sequence[Tensor], size: tuple[int, int] | None = None) -> Tensor:
+        return self.upsample(self.head_logits(feats), feats, size)
+
+    def head_logits(self, feats: Sequence[Tensor]) -> Tensor:
+        """The classifier's logits at P3's resolution, before upsampling: ``[B, nc, H/8, W/8]``."""
         p3, p4 = feats[0], feats[1]
         up = F.interpolate(self.lat(p4), size=p3.shape[-2:], mode="nearest")
-        y = self.cls(self.conv(self.fuse(torch.cat((p3, up), 1))))
+        return self.cls(self.conv(self.fuse(torch.cat((p3, up), 1))))
+
+    @staticmethod
+    def upsample(y: Tensor, feats: Sequence[Tensor], size: tuple[int, int] | None = None) -> Tensor:
+        """``head_logits`` ``[B, nc, h, w]`` -> ``[B, nc, H, W]`` (bilinear; ``size`` default 8x P3's)."""
+        p3 = feats[0]
         size = size or (p3.shape[-2] * 8, p3.shape[-1] * 8)
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+    def with_head_logits(
+        self, feats: Sequence[Tensor], size: tuple[int, int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(forward(feats, size), head_logits(feats))`` from one pass (the module's forward hooks do not run)."""
+        y = self.head_logits(feats)
+        return self.upsample(y, feats, size), y
 
     def widths(self) -> dict[str, int]:
         return {"lat": conv_width(self.lat), "fuse": conv_width(self.fuse), "conv": conv_width(self.conv)}
@@ -241,6 +257,13 @@ class SegHeads(nn.ModuleDict):
 
     def forward(self, feats: Sequence[Tensor], size: tuple[int, int] | None = None) -> dict[str, Tensor]:
         return {task: head(feats, size=size) for task, head in self.items()}
+
+    def with_head_logits(
+        self, feats: Sequence[Tensor], size: tuple[int, int] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``({task: upsampled logits}, {task: head logits [B, nc, H/8, W/8]})`` from one pass."""
+        pairs = {task: head.with_head_logits(feats, size) for task, head in self.items()}
+        return {t: p[0] for t, p in pairs.items()}, {t: p[1] for t, p in pairs.items()}
 
     def widths(self) -> dict[str, dict[str, int]]:
         return {task: head.widths() for task, head in self.items()}

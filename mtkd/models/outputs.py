@@ -91,6 +91,10 @@ class MultiTaskOutput(Mapping):
         seg_tasks: several named segmentation tasks, ``{task: [B, C_task, h, w] logits}`` in the model's task
             order (``model.seg_tasks``), e.g. ``{"drivable": [B, 2, H, W], "lane": [B, 2, H, W]}``; empty for a
             single-task or det-only model. ``seg`` and ``seg_tasks`` are never both set (``ValueError``).
+        seg_head_logits: ``{task: [B, C_task, h, w]}`` (``"seg"`` for the single task): the seg head's logits
+            before its bilinear upsampling to the input size (the built-in head: stride 8), for losses that can
+            work at the head's resolution (seg KD); ``{}`` when the adapter does not expose them. Not an output
+            of the model (not in the mapping keys, not exported).
 
     Read every seg output the same way with ``out.seg_outputs`` (``{task: logits}``, ``{"seg": seg}`` for a single
     task, ``{}`` for none) or ``out[task]``. As a mapping the keys are ``"seg"`` (when set), the ``seg_tasks``
@@ -101,6 +105,7 @@ class MultiTaskOutput(Mapping):
     det: DetOutput | None = None
     features: dict[str, Tensor] = field(default_factory=dict)
     seg_tasks: dict[str, Tensor] = field(default_factory=dict)
+    seg_head_logits: dict[str, Tensor] = field(default_factory=dict)
 
     _KEYS = ("seg", "det")
 

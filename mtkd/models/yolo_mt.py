@@ -234,10 +234,14 @@ class YoloMT(MultiTaskAdapter):
         with FeatureTaps(self, self._feature_taps()).capture(features) as feats:
             p3, p4, p5 = self.neck(self.backbone(images))
             raw = self.det([p3, p4, p5])
-            seg = self.seg([p3, p4], size=tuple(images.shape[-2:]))
+            seg, low = self.seg.with_head_logits([p3, p4], size=tuple(images.shape[-2:]))
         if isinstance(seg, dict):  # SegHeads: {task: logits}
-            return MultiTaskOutput(seg_tasks=seg, det=self._det_output(raw), features=feats)
-        return MultiTaskOutput(seg=seg, det=self._det_output(raw), features=feats)
+            return MultiTaskOutput(
+                seg_tasks=seg, det=self._det_output(raw), features=feats, seg_head_logits=low
+            )
+        return MultiTaskOutput(
+            seg=seg, det=self._det_output(raw), features=feats, seg_head_logits={"seg": low}
+        )
 
     def _feature_taps(self) -> dict[str, str]:
         """``FEATURE_TAPS``; with several seg tasks ``seg`` is replaced by ``seg_<task>`` -> ``seg.<task>.conv``."""

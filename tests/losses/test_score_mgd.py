@@ -136,6 +136,7 @@ def test_distill_loss_passes_the_teachers_det_output():
     dl = DistillLoss(
         seg_kd="dist",
         seg_kd_options={"gamma": 2.0},
+        seg_kd_at="input",
         det_kd=DetKDConfig(),
         feat_kd=FeatKDConfig(names=names, kind="score_l2"),
     ).build(

@@ -174,7 +174,7 @@ class UltralyticsAdapter(MultiTaskAdapter):
         size = tuple(images.shape[-2:])
         with FeatureTaps(self, self._taps).capture(features) as feats:
             xs = self._neck(images)
-            det = seg = None
+            det = seg = low = None
             if self.task == "detect":
                 raw = head.forward_head(xs, box_head=head.cv2, cls_head=head.cv3)  # raw in train and eval
                 det = DetOutput(
@@ -182,10 +182,12 @@ class UltralyticsAdapter(MultiTaskAdapter):
                     kind="anchor_free", strides=self.strides, reg_max=int(head.reg_max),
                 )  # fmt: skip
                 if self.seg is not None:
-                    seg = self.seg(xs[:2], size=size)
+                    seg, low = self.seg.with_head_logits(xs[:2], size=size)
             else:
-                seg = F.interpolate(head.classifier(xs[0]), size=size, mode="bilinear", align_corners=False)
-        return MultiTaskOutput(seg=seg, det=det, features=feats)
+                low = head.classifier(xs[0])
+                seg = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        lows = {"seg": low} if seg is not None else {}
+        return MultiTaskOutput(seg=seg, det=det, features=feats, seg_head_logits=lows)
 
     # ---------------------------------------------------------------- pruning
     @contextlib.contextmanager
