@@ -92,9 +92,17 @@ def check_metrics(m: dict[str, Any], path: Path | str) -> None:
     task_secs = [k for k in m if str(k).startswith("seg/")]  # several seg tasks: seg/<task>, like seg
     for k in task_secs:
         v = m[k]
-        bad = not isinstance(v, dict) or any(
-            v.get(f) is not None and not _is_number(v.get(f))
-            for f in (*NUMBERS["seg"], "line_acc", "line_IoU")
+        per = v.get("per_class_IoU") if isinstance(v, dict) else None
+        bad = (
+            not isinstance(v, dict)
+            or any(
+                v.get(f) is not None and not _is_number(v.get(f))
+                for f in (*NUMBERS["seg"], "line_acc", "line_IoU")
+            )
+            or (
+                per is not None
+                and not (isinstance(per, dict) and all(x is None or _is_number(x) for x in per.values()))
+            )
         )
         if bad:
             raise ConfigError(

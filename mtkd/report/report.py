@@ -300,17 +300,21 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
         ("det", "per_class_AP50_95", "Per-class AP50-95 (%)", "AP50-95 (%)", "per_class_ap.png"),
         ("det", "per_class_AP50", "Per-class AP50 (%)", "AP50 (%)", "per_class_ap50.png"),
         ("seg", "per_class_IoU", "Per-class IoU (%)", "IoU (%)", "per_class_iou.png"),
+        *(
+            (k, "per_class_IoU", f"Per-class IoU, {k[4:]} (%)", "IoU (%)", f"per_class_iou_{k[4:]}.png")
+            for k in seg_task_keys(entries)
+        ),
     ):
         values = _per_class(entries, task, key)
         if values:
             doc.heading(head)
             _per_class_table(doc, values)
             doc.image(Image(fname, plots.per_class_bars(values, title=head, ylabel=ylabel), head))
-            if task == "seg":
+            if task.startswith("seg"):
                 absent = [
                     f"{e.name}: {', '.join(a)}"
                     for e in entries
-                    if (a := (e.metrics.get("seg") or {}).get("absent_classes"))
+                    if (a := (e.metrics.get(task) or {}).get("absent_classes"))
                 ]
                 if absent:
                     doc.para(

@@ -70,6 +70,7 @@ def test_evaluate_model_per_task_with_overlays_and_report(two_task, tmp_path):
     assert report_main([str(metrics), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "lane: lane line accuracy (%)" in md and "drivable: mIoU (%)" in md and "recall@0.5 (%)" in md
+    assert "Per-class IoU, drivable (%)" in md and "Per-class IoU, lane (%)" in md
     mean = (out["seg/drivable"]["mIoU"] + out["seg/lane"]["mIoU"]) / 2
     assert f"| {100 * mean:.2f} |" in md  # the summary's mIoU is the tasks' mean
 
