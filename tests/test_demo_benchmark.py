@@ -84,7 +84,9 @@ def test_benchmark_writes_ratios(tmp_path):
         ms["kd_step"] / (ms["student_step"] + ms["teacher_forward"]), rel=1e-3
     )
     assert res["kd_vs_student"] == pytest.approx(ms["kd_step"] / ms["student_step"], rel=1e-3)
-    assert res["dataloader_images_per_s"] > 0 and res["eval_images_per_s"] > 0 and res["eval_first_pass_s"] > 0
+    assert (
+        res["dataloader_images_per_s"] > 0 and res["eval_images_per_s"] > 0 and res["eval_first_pass_s"] > 0
+    )
     assert res["dataloader_workers"] == 0 and res["dataloader_first_batch_s"] >= 0
     assert res["train_images_per_s"] == pytest.approx(4 / ms["student_step"] * 1000, rel=1e-3)
     assert res["kd_images_per_s"] == pytest.approx(4 / ms["kd_step"] * 1000, rel=1e-3)
