@@ -33,6 +33,7 @@ import yaml
 from mtkd.errors import ConfigError
 from mtkd.utils import yaml_load
 from mtkd.utils.atomic import write_text
+from mtkd.utils.feat_names import check_feat_kd_names
 from mtkd.utils.typed_config import (
     Schedulable,
     build_dataclass,
@@ -145,13 +146,12 @@ class FeatKDConfig:
     weight: float = field(default=1.0, metadata=field_meta("feature KD weight", range_=_NON_NEGATIVE))
     connector_bn: bool = field(default=True, metadata=field_meta("BatchNorm after connector convs"))
     options: dict = field(default_factory=dict, metadata=field_meta("kind options (FEAT_KD_OPTIONS)"))
+    teacher_names: dict = field(default_factory=dict, metadata=field_meta("student tap -> teacher tap"))
 
     def __post_init__(self) -> None:
-        """Checks across fields: unique tap names; ``options`` of ``kind`` only (coerced to their type)."""
-        if len({n.replace(".", "_") for n in self.names}) != len(self.names):  # the connectors' module keys
-            raise ConfigError(
-                f"distill.feat_kd.names: duplicate feature names (dots count as '_'): {list(self.names)}"
-            )
+        """Checks across fields: unique tap names, ``teacher_names`` keys among them (``check_feat_kd_names``);
+        ``options`` of ``kind`` only (coerced to their type)."""
+        check_feat_kd_names(self.names, self.teacher_names)
         options = typed_options("distill.feat_kd.options", self.kind, self.options, FEAT_KD_OPTIONS)
         object.__setattr__(self, "options", options)
 
@@ -233,8 +233,8 @@ class TrainConfig:
     project: str = field(default="runs", metadata=field_meta("runs folder"))
     name: str = field(default="train", metadata=field_meta("run name: the run dir is {project}/{name}"))
     exist_ok: bool = field(default=False, metadata=field_meta("reuse an existing run dir (overwrite)"))
-    teacher: str | None = field(
-        default=None, metadata=field_meta("teacher checkpoint; null = plain training")
+    teacher: str | dict | None = field(
+        default=None, metadata=field_meta("teacher checkpoint or model config dict; null = plain training")
     )
     student: str | None = field(
         default=None, metadata=field_meta("initial student weights (e.g. a pruned checkpoint)")

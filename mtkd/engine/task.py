@@ -9,8 +9,9 @@ the fraction of training done, in ``[0, 1]``. Terms: ``MAIN_KEYS`` + ``EXTRA_KEY
 one to ``backward()``.
 
 - ``TrainTask``: plain training, ``student`` → ``TaskLoss`` → ``plain_loss`` (KD terms are zeros).
-- ``DistillTask``: ``student`` (+ feature taps) → ``TaskLoss``; the teacher (frozen, eval mode, under
-  ``torch.no_grad``) → ``DistillLoss``. In the last ``distill.off_last_epochs`` epochs (``DistillLoss.kd_active``
+- ``DistillTask``: ``student`` (+ feature taps) → ``TaskLoss``; the teacher (``load_teacher``: a checkpoint or a
+  model config dict; frozen, eval mode, under ``torch.no_grad``; its taps as ``distill.feat_kd.teacher_names``
+  renames them) → ``DistillLoss``. In the last ``distill.off_last_epochs`` epochs (``DistillLoss.kd_active``
   false) the step is plain training's: no feature taps, no teacher forward, ``plain_loss`` terms. Its modules
   are ``student`` then ``distill`` (the ``DistillLoss`` that owns the feature connectors), so
   ``task.parameters()`` lists the student's parameters first, then the connectors'. The teacher is held outside
@@ -112,6 +113,11 @@ class DistillTask(TrainTask):
     def feature_names(self) -> list[str]:
         return list(self.distill.feature_names)
 
+    @property
+    def teacher_feature_names(self) -> list[str]:
+        """The teacher's taps (``distill.feat_kd.teacher_names``; the student's names unless renamed)."""
+        return list(self.distill.teacher_feature_names)
+
     def forward(self, batch: Mapping[str, Any], progress: float) -> dict[str, Tensor]:
         images = batch["images"].float()
         if not self.distill.kd_active(progress):  # distill.off_last_epochs: plain training's step, no teacher
@@ -121,7 +127,7 @@ class DistillTask(TrainTask):
         s_out = self.student(images, features=names) if names else self.student(images)
         task = self.task_loss(s_out, batch)
         with torch.no_grad():
-            t_out = self.teacher(images, features=names)
+            t_out = self.teacher(images, features=self.teacher_feature_names)
         return self.distill(s_out, t_out, task, progress, batch)
 
     def train_state(self) -> dict[str, Any]:
@@ -233,6 +239,34 @@ def build_student(cfg: TrainConfig, spec: Any, arch: dict | None = None) -> nn.M
     return model
 
 
+def load_teacher(cfg: TrainConfig, spec: Any) -> nn.Module:
+    """The teacher of ``cfg.teacher``: a checkpoint path (``load_model``), or a model config dict built with
+    ``build_model`` for the dataset's classes; its weights come from the config itself (``generic``
+    ``state_dict``, an Ultralytics ``.pt``, ``composite`` members of those). Every ``generic`` ``target`` the dict
+    names, composite members included, must be allowed by ``trust_code`` (``mtkd.models.trust``), as for a file."""
+    from mtkd.models import build_model, load_model
+    from mtkd.models.trust import arch_targets, require_trusted
+
+    if not isinstance(cfg.teacher, Mapping):
+        return load_model(cfg.teacher, trust_code=cfg.trust_code)
+    for target in arch_targets(cfg.teacher):
+        require_trusted(target, cfg.trust_code, "teacher (model config)")
+    if spec.multi_seg:
+        seg: dict[str, Any] = {"seg_tasks": {t: st.names for t, st in spec.seg_tasks.items()}}
+    else:
+        seg = {"seg_names": spec.seg_names}
+    try:
+        return build_model(cfg.teacher, det_names=spec.det_names, **seg)
+    except ConfigError as e:
+        raise ConfigError(f"teacher: {e}") from None
+
+
+def _teacher_label(cfg: TrainConfig) -> str:
+    if isinstance(cfg.teacher, Mapping):
+        return f"teacher ({cfg.teacher.get('adapter', '?')} model config)"
+    return f"teacher {cfg.teacher}"
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """No grads, eval mode, and ``.train()`` becomes a no-op so a caller cannot switch it back by accident."""
     model.requires_grad_(False)
@@ -249,6 +283,20 @@ def feature_channels(model: nn.Module, names: list[str], imgsz: int, device: tor
     out = model(torch.zeros(1, 3, imgsz, imgsz, device=device), features=names)
     nn.Module.train(model, was)
     return {n: int(f.shape[1]) for n, f in out.features.items()}
+
+
+def _teacher_channels(teacher: nn.Module, distill: Any, imgsz: int, device: torch.device) -> dict[str, int]:
+    """``feature_channels`` of the teacher's taps; a tap it does not have is one line naming the config field
+    (``distill.feat_kd.teacher_names`` with the name to map to, e.g. a composite teacher's ``det.p3``)."""
+    t_names = distill.teacher_feature_names
+    try:
+        return feature_channels(teacher, t_names, imgsz, device)
+    except ConfigError:
+        known = list(teacher.feature_names()) if hasattr(teacher, "feature_names") else []
+        absent = [n for n in t_names if n not in known]
+        if not known or not absent:
+            raise
+        raise distill.feature.missing_error("teacher", absent, known) from None
 
 
 def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.device) -> TrainTask:
@@ -268,12 +316,12 @@ def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.de
         )
         return task.to(memory_format=torch.channels_last) if cfg.channels_last else task
     from mtkd.losses.combine import DistillLoss
-    from mtkd.models import check_compatible, load_model
+    from mtkd.models import check_compatible
 
-    teacher = load_model(cfg.teacher, trust_code=cfg.trust_code)
+    teacher = load_teacher(cfg, spec)
     distill = DistillLoss.from_config(cfg, ignore_index=spec.ignore_index)
     det_on, seg_on = distill.det_distilled, distill.seg_distilled
-    _check_names(teacher, spec, f"teacher {cfg.teacher}", det=det_on, seg=seg_on)
+    _check_names(teacher, spec, _teacher_label(cfg), det=det_on, seg=seg_on)
     # a task whose logit KD never counts (alpha 0 all along, or det_kd.weight 0) needs no matching teacher head
     check_compatible(teacher, student, det=det_on, seg=seg_on)
     _check_ld(cfg, student)
@@ -282,7 +330,7 @@ def build_task(cfg: TrainConfig, spec: Any, student: nn.Module, device: torch.de
     if names:
         distill.build(
             feature_channels(student.to(device), names, cfg.imgsz, device),
-            feature_channels(teacher, names, cfg.imgsz, device),
+            _teacher_channels(teacher, distill, cfg.imgsz, device),
         )
     distill = distill.to(device)
     if cfg.channels_last:  # 4-D weights only (nn.Module.to); the teacher is outside the task's module tree

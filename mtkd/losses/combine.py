@@ -163,8 +163,13 @@ class DistillLoss(nn.Module):
 
     @property
     def feature_names(self) -> list[str]:
-        """Feature taps to request from both models (``model(x, features=...)``); empty without feature KD."""
+        """Feature taps to request from the student (``model(x, features=...)``); empty without feature KD."""
         return list(self.feature.names) if self.feature is not None else []
+
+    @property
+    def teacher_feature_names(self) -> list[str]:
+        """The teacher's taps for them (``distill.feat_kd.teacher_names``, e.g. ``det.p3`` for ``p3``)."""
+        return self.feature.teacher_feature_names if self.feature is not None else []
 
     def build(self, student_channels: Mapping[str, int], teacher_channels: Mapping[str, int]) -> DistillLoss:
         """Create feature connectors (no-op without feature KD); call before building the optimizer."""
@@ -372,8 +377,9 @@ def _feature_distiller(cfg: FeatKDConfig) -> FeatureDistiller | None:
     if not cfg.names:
         return None
     return FeatureDistiller(
-        names=list(cfg.names), kind=cfg.kind, weight=cfg.weight, connector_bn=cfg.connector_bn, **cfg.options
-    )
+        names=list(cfg.names), kind=cfg.kind, weight=cfg.weight, connector_bn=cfg.connector_bn,
+        teacher_names=cfg.teacher_names, **cfg.options,
+    )  # fmt: skip
 
 
 def _never(schedule: Schedule) -> bool:

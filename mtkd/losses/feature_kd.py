@@ -269,7 +269,11 @@ class FeatureDistiller(nn.Module):
         names: feature names to distill (keys of ``MultiTaskOutput.features``), e.g. ``["p3", "p4", "p5"]``.
         kind: a key of ``FEATURE_LOSSES`` (see the module docstring for which use connectors).
         weight: the ``feat_weight`` of the combination; stored here, applied by ``DistillLoss``.
-        student_channels / teacher_channels: ``{name: C}``; when both are given, ``build`` runs at once.
+        student_channels / teacher_channels: ``{name: C}`` keyed by each side's tap names; when both are given,
+            ``build`` runs at once.
+        teacher_names: ``{student tap: teacher tap}`` (config ``distill.feat_kd.teacher_names``) for taps named
+            differently in the teacher, e.g. ``{"p3": "det.p3"}`` for a composite teacher (its taps are prefixed
+            with the member's name); an unlisted name is the same in both.
         connector_bn: BatchNorm after each connector conv.
         **loss_kwargs: passed to the loss (``p`` for AT, ``kernel/gamma/order`` for CC, ``temperature`` for CWD,
             ``mask_ratio`` for MGD).
@@ -288,10 +292,12 @@ class FeatureDistiller(nn.Module):
         student_channels: Mapping[str, int] | None = None,
         teacher_channels: Mapping[str, int] | None = None,
         connector_bn: bool = FeatKDConfig.connector_bn,
+        teacher_names: Mapping[str, str] | None = None,
         **loss_kwargs: float | int | str,
     ) -> None:
         super().__init__()
         self.names = [str(n) for n in ([names] if isinstance(names, str) else names)]
+        self.teacher_names = {n: str((teacher_names or {}).get(n, n)) for n in self.names}
         self.kind, self.weight, self.connector_bn = kind, float(weight), bool(connector_bn)
         self.loss = FEATURE_LOSSES[kind](**loss_kwargs)
         self.connectors = nn.ModuleDict()
@@ -303,23 +309,45 @@ class FeatureDistiller(nn.Module):
     def uses_connector(self) -> bool:
         return bool(self.loss.uses_connector)
 
+    @property
+    def teacher_feature_names(self) -> list[str]:
+        """The teacher's taps to request (``teacher(x, features=...)``), one per student tap, without repeats."""
+        return list(dict.fromkeys(self.teacher_names.values()))
+
+    def missing_error(self, side: str, missing: str | list[str], available: Iterable[str]) -> ConfigError:
+        """The one-line error for tap(s) ``missing`` absent from ``side``'s ``available`` taps (naming the field:
+        ``teacher_names`` for a renamed teacher tap, else ``names``)."""
+        available, name = [str(k) for k in available], missing if isinstance(missing, str) else missing[0]
+        renamed = side == "teacher" and any(t == name != s for s, t in self.teacher_names.items())
+        field = "distill.feat_kd.teacher_names" if renamed else "distill.feat_kd.names"
+        hint = did_you_mean(name, available)
+        suffixed = [k for k in available if k.endswith("." + name)]  # a composite teacher's det.p3 for p3
+        if side == "teacher" and not renamed and suffixed:
+            hint = f"; the teacher names it {suffixed[0]!r}: set distill.feat_kd.teacher_names={{{name}: {suffixed[0]}}}"
+        return ConfigError(f"{field}: {missing!r} not among the {side} features {sorted(available)}{hint}")
+
     def build(
         self, student_channels: Mapping[str, int], teacher_channels: Mapping[str, int]
     ) -> FeatureDistiller:
-        """Create the connectors (1x1 conv only where channels differ, identity otherwise); returns self."""
-        for side, chans in (("student", student_channels), ("teacher", teacher_channels)):
-            missing = [n for n in self.names if n not in chans]
+        """Create the connectors (1x1 conv only where channels differ, identity otherwise); returns self.
+
+        ``student_channels`` is keyed by the student's tap names, ``teacher_channels`` by the teacher's
+        (``teacher_names``); connectors are keyed by the student's."""
+        for side, chans, names in (
+            ("student", student_channels, self.names),
+            ("teacher", teacher_channels, self.teacher_feature_names),
+        ):
+            missing = [n for n in names if n not in chans]
             if missing:
-                raise ConfigError(
-                    f"distill.feat_kd.names: {missing} not among the {side} features {sorted(chans)}"
-                    + did_you_mean(missing[0], [str(k) for k in chans])
-                )
+                raise self.missing_error(side, missing, chans)
         if self.uses_connector:
             make = getattr(self.loss, "make_connector", Connector)
             self.connectors = nn.ModuleDict(
                 {
                     _module_key(n): make(
-                        int(student_channels[n]), int(teacher_channels[n]), bn=self.connector_bn
+                        int(student_channels[n]),
+                        int(teacher_channels[self.teacher_names[n]]),
+                        bn=self.connector_bn,
                     )
                     for n in self.names
                 }
@@ -331,7 +359,7 @@ class FeatureDistiller(nn.Module):
     def from_features(
         cls, s_feats: Mapping[str, Tensor], t_feats: Mapping[str, Tensor], **kwargs
     ) -> FeatureDistiller:
-        """Build with channels read from one batch of features ``{name: [B, C, H, W]}``."""
+        """Build with channels read from one batch of features ``{name: [B, C, H, W]}`` (each side's tap names)."""
         dist = cls(**kwargs)
         return dist.build(
             {n: int(f.shape[1]) for n, f in s_feats.items()}, {n: int(f.shape[1]) for n, f in t_feats.items()}
@@ -343,7 +371,8 @@ class FeatureDistiller(nn.Module):
         """Unweighted feature KD.
 
         Args:
-            s_feats, t_feats: ``{name: [B, C, H, W]}`` of student and teacher.
+            s_feats, t_feats: ``{name: [B, C, H, W]}`` of student and teacher (keyed by ``names`` and by
+                ``teacher_names`` respectively).
             t_det: the teacher's ``DetOutput``; needed (and only read) by losses weighted by the teacher's
                 confidence (``score_l2``): ``CompatibilityError`` when it is missing for them.
 
@@ -366,13 +395,11 @@ class FeatureDistiller(nn.Module):
             conf = confidence_maps(t_det)
         out: dict[str, Tensor] = {}
         for name in self.names:
-            for side, feats in (("student", s_feats), ("teacher", t_feats)):
-                if name not in feats:
-                    raise ConfigError(
-                        f"distill.feat_kd.names: {name!r} not among the {side} features {sorted(feats)}"
-                        + did_you_mean(name, [str(k) for k in feats])
-                    )
-            s, t = s_feats[name], t_feats[name].detach()
+            t_name = self.teacher_names[name]
+            for side, feats, key in (("student", s_feats, name), ("teacher", t_feats, t_name)):
+                if key not in feats:
+                    raise self.missing_error(side, key, feats)
+            s, t = s_feats[name], t_feats[t_name].detach()
             if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0]:
                 raise CompatibilityError(
                     f"feature {name!r}: expected [B, C, H, W] maps with equal B, got student "

@@ -13,7 +13,9 @@ is:
   - ``True``: any path the file names (only for files you trust as much as your own code).
 
 Model configs the user writes (``model: {adapter: generic, target: ...}`` in a training YAML) are the user's own
-code choice and need no opt-in; the opt-in is for paths read from checkpoint files.
+code choice and need no opt-in; the opt-in is for paths read from checkpoint files, and for a teacher given as a
+config dict (``teacher: {adapter: composite, ...}``, ``mtkd.engine.task.load_teacher``), which stands in for a
+teacher checkpoint.
 """
 
 from __future__ import annotations

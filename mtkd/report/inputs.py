@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mtkd.errors import ConfigError
+from mtkd.report.data_check import fill_run_data
 
 RUN_METRICS = ("metrics.json", "metrics_best.json", "eval/metrics.json")
 
@@ -62,7 +63,7 @@ NUMBERS = {
     "speed": ("latency_ms_p50", "latency_ms_p90", "latency_ms_mean", "throughput_ips", "throughput_batch",
               "threads", "batch", "latency_ms_iqr", "latency_round_spread", "latency_rounds", "latency_samples",
               "latency_passes_per_round", "latency_rel_tol"),
-    "data": ("images",),
+    "data": ("images", "imgsz"),
 }  # fmt: skip
 PER_CLASS = {"det": ("per_class_AP50_95", "per_class_AP50"), "seg": ("per_class_IoU",)}
 
@@ -256,6 +257,7 @@ def load_entry(path: str | Path) -> ReportEntry:
             metrics = _metrics_from_checkpoint(p / "weights" / "best.pt")
     if not metrics and not curves:
         raise ConfigError(f"{p}: a run directory needs results.csv or metrics.json (found neither)")
+    metrics = fill_run_data(metrics, config)  # data YAML / imgsz from config.yaml where the metrics lack them
     name = str(config.get("name") or (metrics.get("model") or {}).get("name") or p.name)
     return ReportEntry(name, p, metrics, curves, config, samples)
 

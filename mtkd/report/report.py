@@ -12,7 +12,9 @@ Sections: models and data, summary (mAP50-95, mAP50, mIoU, latency, params, FLOP
 delta), per-class AP and IoU (tables + bar charts), training curves (every column of ``results.csv``),
 segmentation confusion matrices (row-normalized), sample predictions side by side (the overlays that
 ``mtkd eval --save-predictions DIR`` writes to ``DIR/samples``; the metrics JSON links them via
-``artifacts.predictions_dir``), and the metric definitions.
+``artifacts.predictions_dir``), and the metric definitions. The data section warns when the models were evaluated
+on different data or at different image sizes (``mtkd.report.data_check``; a run folder's data YAML and image
+size come from its ``config.yaml``).
 
 Latency figures are checked before they are compared (``mtkd.report.latency``): an unreliable latency (p90/p50
 or run-to-run spread too high, or same-architecture models that differ by more than the measured noise) gets
@@ -33,6 +35,7 @@ from typing import Any
 
 from mtkd.errors import ConfigError, OutputError
 from mtkd.report import plots
+from mtkd.report.data_check import data_summary
 from mtkd.report.document import Document, Image, to_html, to_markdown
 from mtkd.report.inputs import ReportEntry, load_entries
 from mtkd.report.latency import DEFINITION as LATENCY_FLAGS
@@ -261,16 +264,10 @@ def build_document(entries: list[ReportEntry], title: str = "mtkd report", max_s
     doc.para(f"Baseline for every delta: **{base.name}**.")
     doc.bullets([_model_bullets(e) for e in entries])
     doc.heading("Data")
-    data = {
-        (str(d.get("yaml")), str(d.get("split")), str(d.get("images")))
-        for e in entries
-        if (d := e.metrics.get("data"))
-    }
-    doc.bullets(
-        [f"`{y}`, split {s}, {n} images" for y, s, n in sorted(data)] or ["no evaluation data recorded"]
-    )
-    if len(data) > 1:
-        doc.para("**Warning**: the models were evaluated on different data; deltas are not comparable.")
+    bullets, warnings = data_summary(entries)
+    doc.bullets(bullets)
+    for warning in warnings:
+        doc.para(f"**Warning**: {warning}")
     doc.heading("Summary")
     check = LatencyCheck([(e.name, e.metrics) for e in entries])
     rows = []

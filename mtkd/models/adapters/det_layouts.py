@@ -11,6 +11,7 @@ Every mismatch (level count, channels, positions) is a ``ConfigError`` that name
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,24 +23,44 @@ from mtkd.models.adapters._common import describe
 from mtkd.models.outputs import DetOutput
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _anchor_level(level: Any) -> list[list[float]] | None:
+    """One level, flat ``[w, h, w, h, ...]`` or nested ``[[w, h], ...]`` (not mixed) → ``[na][2]``, or ``None``."""
+    if isinstance(level, (str, bytes)) or not isinstance(level, Sequence) or not level:
+        return None
+    if all(_is_number(v) for v in level):
+        flat = [float(v) for v in level]
+        return [flat[i : i + 2] for i in range(0, len(flat), 2)] if len(flat) % 2 == 0 else None
+    ok = all(
+        isinstance(p, Sequence)
+        and not isinstance(p, (str, bytes))
+        and len(p) == 2
+        and all(map(_is_number, p))
+        for p in level
+    )
+    return [[float(w), float(h)] for w, h in level] if ok else None
+
+
 def normalize_anchors(anchors: Any, n_levels: int, *, where: str) -> list[list[list[float]]]:
-    """YOLOv5-style ``[[w,h,w,h,...], ...]`` or nested ``[[[w,h], ...], ...]`` → ``[nl][na][2]`` floats (the same
-    number of anchors on every level; ``n_levels`` = len(strides)); ``ConfigError`` naming ``'anchors'``."""
+    """The one anchor parser of every adapter (``native``, ``generic``): YOLOv5-style flat lists per level
+    ``[[w,h, w,h, ...], ...]`` or nested pairs ``[[[w,h], ...], ...]`` → ``[nl][na][2]`` floats, the internal form
+    (and the form written to an arch). The same number of anchors on every level, ``n_levels`` levels (as
+    ``strides``), finite sizes > 0 in input pixels; anything else is a one-line ``ConfigError`` naming ``'anchors'``.
+    """
     bad = ConfigError(
         f"{where}: field 'anchors' = {anchors!r}; expected one list per level ({n_levels} levels, as "
-        f"'strides') of (w, h) pairs in input pixels, e.g. [[10,13, 16,30, 33,23], ...]"
+        f"'strides') of positive (w, h) sizes in input pixels, flat like YOLOv5's [[10,13, 16,30, 33,23], ...] "
+        f"or nested [[[10, 13], [16, 30], [33, 23]], ...]"
     )
-    if not isinstance(anchors, Sequence) or len(anchors) != n_levels:
+    if isinstance(anchors, (str, bytes)) or not isinstance(anchors, Sequence) or len(anchors) != n_levels:
         raise bad
-    out = []
-    for level in anchors:
-        if not isinstance(level, Sequence) or not level:
-            raise bad
-        flat = [float(v) for pair in level for v in (pair if isinstance(pair, Sequence) else [pair])]
-        if len(flat) % 2:
-            raise bad
-        out.append([[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)])
-    if len({len(level) for level in out}) != 1:
+    out = [_anchor_level(level) for level in anchors]
+    if any(level is None for level in out) or len({len(level) for level in out}) != 1:
+        raise bad
+    if any(v <= 0 for level in out for pair in level for v in pair):
         raise bad
     return out
 

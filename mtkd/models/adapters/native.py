@@ -4,7 +4,8 @@ Config keys (``build_model({"adapter": "native", ...})`` or ``build_model("yolo_
 
     name: yolo_mt_s          # or scale: s   (n | s | m)
     head: anchor             # anchor | anchor_free
-    anchors: [[[w, h], ...], ...]   # optional, anchor head: 3 levels x na anchors, input pixels
+    anchors: [[10,13, 16,30, 33,23], ...]   # optional, anchor head: 3 levels x na anchors, input pixels
+                                            # (YOLOv5's flat lists, or nested [[w, h], ...] pairs)
     reg_max: 16              # optional, anchor-free head: DFL bins
 
 Class names come from the arguments: ``build_model("yolo_mt_n", det_names=[...], seg_names=[...])`` for one seg
@@ -24,6 +25,7 @@ from typing import Any
 
 from mtkd.errors import ConfigError
 from mtkd.models.adapters._common import check_seg_tasks
+from mtkd.models.adapters.det_layouts import normalize_anchors
 from mtkd.models.outputs import HEAD_KINDS
 from mtkd.models.trust import TrustCode
 from mtkd.models.yolo_mt import SCALES, STRIDES, YoloMT, default_layers
@@ -44,22 +46,11 @@ def _fail(msg: str) -> ConfigError:
 
 
 def _check_anchors(anchors: Any, where: str) -> list[list[list[float]]] | None:
+    """``anchors`` of a config or an arch, flat (YOLOv5) or nested (``det_layouts.normalize_anchors``) →
+    ``[3][na][2]`` pixels, or ``None`` (the default anchors)."""
     if anchors is None:
         return None
-    try:
-        a = [[[float(v) for v in wh] for wh in lvl] for lvl in anchors]
-    except (TypeError, ValueError):
-        raise _fail(f"{where} 'anchors' must be a list of 3 levels of [w, h] pairs") from None
-    if (
-        len(a) != 3
-        or not a[0]
-        or any(len(lvl) != len(a[0]) for lvl in a)
-        or any(len(wh) != 2 for lvl in a for wh in lvl)
-    ):
-        raise _fail(f"{where} 'anchors' must be 3 levels with the same number of [w, h] pairs, got {anchors}")
-    if any(v <= 0 for lvl in a for wh in lvl for v in wh):
-        raise _fail(f"{where} 'anchors' must be positive pixel sizes, got {anchors}")
-    return a
+    return normalize_anchors(anchors, len(STRIDES), where=f"model config: {where}")
 
 
 def _check_names(det_names: Sequence[str], seg_names: Sequence[str], seg_tasks: Any = None) -> None:
@@ -158,7 +149,7 @@ class NativeAdapter(YoloMT):
                 det_names=arch["det_names"],
                 seg_names=arch.get("seg_names", ()),
                 seg_tasks=seg_tasks,
-                anchors=_check_anchors(arch.get("anchors"), "arch"),
+                anchors=_check_anchors(arch.get("anchors"), "native arch"),
                 reg_max=int(arch.get("reg_max") or 16),
                 scale=arch.get("scale"),
             )
