@@ -22,6 +22,16 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test of the larger (Ultralytics) models: on the 2 shared cores of CI, 2 threads
+    thrash (20x slower) there. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 _PRUNED: dict[tuple[str, str], tuple] = {}
 
 

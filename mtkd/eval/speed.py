@@ -200,20 +200,9 @@ def summarize_rounds(
 
 def _block(model: nn.Module, x: torch.Tensor, passes: int, untimed: int) -> Callable[[], list[float]]:
     """A round of ``passes`` timed forward passes (ms) after ``untimed`` passes (cache refill after a switch)."""
-    sync = _sync_for(x.device)
 
     def run() -> list[float]:
-        out = []
-        with _eval_mode(model), torch.inference_mode():
-            for _ in range(untimed):
-                model(x)
-            sync()
-            for _ in range(passes):
-                t0 = time.perf_counter()
-                model(x)
-                sync()
-                out.append((time.perf_counter() - t0) * 1e3)
-        return out
+        return (_timed_runs(model, x, untimed, passes) * 1e3).tolist()
 
     return run
 

@@ -25,13 +25,7 @@ HERE = Path(__file__).resolve().parent
 FAMILIES = ["yolov5n.yaml", "yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the 2 shared cores of CI, 2 threads thrash (20x slower) on these larger models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # larger models: tests/conftest.py
 
 
 def _model(yaml: str, nc_det: int = 3):

@@ -16,13 +16,7 @@ IMGSZ = 64
 V8 = {"adapter": "ultralytics", "model": "yolov8n.yaml"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the 2 shared cores of CI, 2 threads thrash (20x slower) on these larger models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # larger models: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

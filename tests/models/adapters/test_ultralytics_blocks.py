@@ -18,13 +18,7 @@ from mtkd.models.adapters.ultralytics_blocks import (
 IMGSZ = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the 2 shared cores of CI, 2 threads thrash (20x slower) on these larger models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # larger models: tests/conftest.py
 
 
 def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
