@@ -145,15 +145,6 @@ class DistillTask(TrainTask):
 
 
 # ---------------------------------------------------------------------------------------------- construction
-def model_seg_tasks(model: nn.Module) -> dict[str, list[str]]:
-    """``{task: class names}`` of a model's seg outputs (``{"seg": seg_names}`` for a single-task model)."""
-    tasks = getattr(model, "seg_tasks", None)
-    if isinstance(tasks, Mapping) and tasks:
-        return {str(t): list(v) for t, v in tasks.items()}
-    names = list(getattr(model, "seg_names", []))
-    return {"seg": names} if names else {}
-
-
 def _check_names(model: nn.Module, spec: Any, who: str, *, det: bool = True, seg: bool = True) -> None:
     """The model's class names are the dataset's (``det``/``seg`` false: that task is not compared)."""
     have, want = list(model.det_names), list(spec.det_names)
@@ -161,6 +152,8 @@ def _check_names(model: nn.Module, spec: Any, who: str, *, det: bool = True, seg
         raise CompatibilityError(
             f"{who}: det classes {have} differ from the dataset's {want} ({spec.yaml_path})"
         )
+    from mtkd.models.compat import model_seg_tasks
+
     have_seg = model_seg_tasks(model)
     want_seg = {t: st.names for t, st in spec.seg_tasks.items()}
     if not have_seg or not seg:

@@ -61,7 +61,7 @@ def check_compatible(
                         raise _fail("det anchors (w, h pixels)", ta, sa)
         if ts.reg_max != ss.reg_max:
             raise _fail("det reg_max (DFL bins)", ts.reg_max, ss.reg_max)
-    tt, st = (_seg_tasks(t), _seg_tasks(s)) if seg else ({}, {})
+    tt, st = (model_seg_tasks(t), model_seg_tasks(s)) if seg else ({}, {})
     if set(tt) - {"seg"} or set(st) - {"seg"}:  # named seg tasks on either side: compared task by task
         if sorted(tt) != sorted(st):
             raise _fail("seg tasks", list(tt), list(st))
@@ -77,7 +77,7 @@ def check_compatible(
             raise _fail(f"{what}class names", tn, sn)
 
 
-def _seg_tasks(model: nn.Module) -> dict[str, list[str]]:
+def model_seg_tasks(model: nn.Module) -> dict[str, list[str]]:
     """``model.seg_tasks``, or ``{"seg": seg_names}`` for a model that predates it (``{}`` without seg classes)."""
     tasks = getattr(model, "seg_tasks", None)
     if tasks is None:
