@@ -37,7 +37,9 @@ class MultiTaskDataset(Dataset):
 
     ``source`` gives the untransformed samples: ``source.paths`` (image files, item order) and
     ``source[i] -> RawSample`` (original-resolution image, mask, boxes, labels), e.g. for evaluation in
-    original coordinates.
+    original coordinates. With ``ground_truth`` each item also carries ``"ground_truth"``: the sample's
+    ``GroundTruth`` (masks, boxes, labels at original resolution, read with the image), which ``collate``
+    passes on as the batch's ``ground_truth`` list, so evaluation does not read the files again.
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class MultiTaskDataset(Dataset):
         augment: bool,
         seed: int = 0,
         params: AugmentParams | None = None,
+        ground_truth: bool = False,
     ) -> None:
         self.spec, self.split, self.imgsz, self.augment, self.seed = spec, split, imgsz, augment, seed
+        self.ground_truth = bool(ground_truth)
         self.source = CocoSource(spec, split) if spec.format == "coco" else YoloMaskSource(spec, split)
         self.transform = JointTransform(imgsz, augment=augment, ignore_index=spec.ignore_index, params=params)
         # shared with the worker processes (forked or spawned), which may outlive an epoch (persistent_workers)
@@ -72,7 +76,10 @@ class MultiTaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         raw = self.source[index]
-        return self.transform(raw, seed=_derive_seed(self.seed, self.epoch, index))
+        item = self.transform(raw, seed=_derive_seed(self.seed, self.epoch, index))
+        if self.ground_truth:
+            item["ground_truth"] = raw.ground_truth()
+        return item
 
     @property
     def paths(self) -> list[str]:
@@ -87,11 +94,15 @@ def build_dataset(
     augment: bool,
     seed: int = 0,
     params: AugmentParams | None = None,
+    ground_truth: bool = False,
 ) -> MultiTaskDataset:
-    """Dataset of ``split``; raises ``ConfigError`` for a bad ``imgsz``, ``DatasetError`` for bad files."""
+    """Dataset of ``split`` (``ground_truth``: items carry their original-resolution ``GroundTruth``, see
+    ``MultiTaskDataset``); raises ``ConfigError`` for a bad ``imgsz``, ``DatasetError`` for bad files."""
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise ConfigError(f"imgsz: expected a positive multiple of 32, got {imgsz!r}")
-    return MultiTaskDataset(spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params)
+    return MultiTaskDataset(
+        spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params, ground_truth=ground_truth
+    )
 
 
 def seed_worker(worker_id: int) -> None:
@@ -144,12 +155,15 @@ def build_dataloader(
     pin_memory: bool = False,
     persistent_workers: bool = True,
     prefetch_factor: int = 2,
+    ground_truth: bool = False,
 ) -> MtkdDataLoader:
     """Seeded loader of ``split`` yielding ``collate`` batches; ``DistributedSampler`` when ``distributed``.
 
     ``pin_memory``: page-locked batches for faster, asynchronous copies to a GPU (pass ``True`` when training
     on CUDA). ``persistent_workers`` (only with ``workers > 0``): keep the worker processes between epochs.
-    ``prefetch_factor``: batches each worker prepares ahead (only with ``workers > 0``).
+    ``prefetch_factor``: batches each worker prepares ahead (only with ``workers > 0``). ``ground_truth``:
+    batches carry ``ground_truth``, the original-resolution annotations read by the workers (for evaluation
+    loaders: ``mtkd.eval.batch.SourceIndex.attach`` uses them instead of reading the files again).
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch: expected a positive integer, got {batch!r}")
@@ -157,7 +171,9 @@ def build_dataloader(
         raise ConfigError(f"workers: expected an integer >= 0, got {workers!r}")
     if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor < 1:
         raise ConfigError(f"prefetch_factor: expected a positive integer, got {prefetch_factor!r}")
-    dataset = build_dataset(spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params)
+    dataset = build_dataset(
+        spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params, ground_truth=ground_truth
+    )
     if distributed:
         sampler: Any = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle:

@@ -14,7 +14,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``{task: int64 [B, H, W]}`` (``seg_tasks`` items; ``batch_masks`` gives either as a dict),
         ``boxes`` float32 ``[N, 4]`` xyxy pixels,
         ``labels`` int64 ``[N]``, ``batch_idx`` int64 ``[N]`` (image of each box), ``paths`` list[str],
-        ``orig_sizes`` list[(H0, W0)], ``pads`` list[(top, left)], ``scales`` list[float].
+        ``orig_sizes`` list[(H0, W0)], ``pads`` list[(top, left)], ``scales`` list[float]; and
+        ``ground_truth`` (list of ``GroundTruth``) when the items carry it.
     """
     import torch
     from torch.utils.data import default_collate
@@ -34,6 +35,7 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "orig_sizes": [tuple(it["orig_size"]) for it in items],
         "pads": [tuple(it["pad"]) for it in items],
         "scales": [float(it["scale"]) for it in items],
+        **({"ground_truth": [it["ground_truth"] for it in items]} if "ground_truth" in items[0] else {}),
     }
 
 

@@ -78,11 +78,49 @@ class RawSample:
     @property
     def mask(self) -> np.ndarray:
         """The mask of a single-task sample (``ValueError`` for a sample with several tasks: use ``masks``)."""
-        if len(self.masks) != 1:
-            raise ValueError(
-                f"{self.path}: the sample has seg tasks {', '.join(self.masks)}; use .masks[task]"
-            )
-        return next(iter(self.masks.values()))
+        return _single_mask(self.masks, self.path)
+
+    def ground_truth(self) -> GroundTruth:
+        """The annotations without the pixels (what evaluation compares against; shares the arrays)."""
+        return GroundTruth(self.masks, self.boxes, self.labels, self.path)
+
+
+@dataclass
+class GroundTruth:
+    """A sample's annotations at original resolution without its pixels: what a val loader's workers hand to
+    evaluation next to the letterboxed image, so the main process does not decode the files a second time.
+
+    Attributes:
+        masks: seg task -> uint8 ``[H0, W0]`` class ids (``ignore_index`` where unlabeled).
+        boxes: float32 ``[n, 4]`` xyxy original pixels.
+        labels: int64 ``[n]`` det class ids.
+        path: the image file.
+    """
+
+    masks: dict[str, np.ndarray]
+    boxes: np.ndarray
+    labels: np.ndarray
+    path: Path
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The mask of a single-task sample (``ValueError`` for a sample with several tasks: use ``masks``)."""
+        return _single_mask(self.masks, self.path)
+
+    @property
+    def image(self) -> np.ndarray:
+        """uint8 ``[H0, W0, 3]`` RGB, decoded from ``path`` on each access (overlays read a few; evaluation
+        itself never does); ``SampleError`` naming the file when it no longer reads."""
+        pixels, problems = read_image(Path(self.path))
+        raise_first(problems)
+        assert pixels is not None
+        return pixels
+
+
+def _single_mask(masks: dict[str, np.ndarray], path: Path) -> np.ndarray:
+    if len(masks) != 1:
+        raise ValueError(f"{path}: the sample has seg tasks {', '.join(masks)}; use .masks[task]")
+    return next(iter(masks.values()))
 
 
 def pil_open(path: Path):

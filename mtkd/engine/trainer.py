@@ -184,13 +184,14 @@ class Trainer:
                 self.spec,
                 "val",
                 imgsz=cfg.imgsz,
-                batch=max(cfg.batch // world, 1),
+                batch=2 * max(cfg.batch // world, 1),  # as Ultralytics: no activations kept, twice the batch
                 workers=cfg.workers,
                 augment=False,
                 shuffle=False,
                 seed=cfg.seed,
                 distributed=D.is_dist(),
                 pin_memory=pin,
+                ground_truth=True,  # the workers hand the original-resolution annotations to evaluation
             )
         self.iters = len(self.train_loader)
         if self.iters == 0:

@@ -105,9 +105,18 @@ class SourceIndex:
         return None if i is None else self.src[i]
 
     def attach(self, batch: dict[str, Any], n_real: int) -> dict[str, Any]:
-        """A shallow copy of ``batch`` with ``n_real`` and ``source`` (the raw sample of each of the first
-        ``n_real`` images, ``None`` otherwise or when unavailable); each sample is read once per batch."""
+        """A shallow copy of ``batch`` with ``n_real`` and ``source``: for each of the first ``n_real`` images
+        its original-resolution ground truth (``None`` otherwise or when unavailable) — the batch's
+        ``ground_truth`` (read by the loader's workers with the image) when it has one, else the raw sample
+        read here, once per batch."""
         paths = batch["paths"]
+        if self.src is not None and batch.get("ground_truth") is not None:
+            given = batch["ground_truth"]
+            return {
+                **batch,
+                "n_real": n_real,
+                "source": [g if i < n_real else None for i, g in enumerate(given)],
+            }
         return {
             **batch,
             "n_real": n_real,

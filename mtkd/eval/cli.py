@@ -257,7 +257,14 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     imgsz = args.imgsz or (int(config["imgsz"]) if config.get("imgsz") else _dataset_imgsz(spec, args.split))
     model = load_model(ckpt, trust_code=trust_from_args(args.trust_code), where=str(weights))
     loader = build_dataloader(
-        spec, args.split, imgsz=imgsz, batch=args.batch, workers=args.workers, augment=False, shuffle=False
+        spec,
+        args.split,
+        imgsz=imgsz,
+        batch=args.batch,
+        workers=args.workers,
+        augment=False,
+        shuffle=False,
+        ground_truth=True,
     )
     metrics = evaluate_model(
         model,

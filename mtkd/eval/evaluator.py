@@ -33,9 +33,10 @@ class DatasetEvaluator:
                 ``boxes`` float ``[N, 4]`` xyxy input pixels, ``labels`` int64 ``[N]``, ``batch_idx`` int64
                 ``[N]``; the letterbox of each image: ``paths`` (``B`` file paths), ``orig_sizes`` ``[B, 2]``
                 ``(H0, W0)``, ``pads`` ``[B, 2]`` ``(top, left)``, ``scales`` ``[B]``; added by the driver:
-                ``source`` (``B`` items: the dataset's original-resolution sample with ``image`` uint8
-                ``[H0, W0, 3]``, ``mask`` ``[H0, W0]``, ``boxes`` ``[M, 4]`` xyxy original pixels, ``labels``
-                ``[M]``, or ``None`` when the dataset has no raw source) and ``n_real`` (int: only images
+                ``source`` (``B`` items: the dataset's original-resolution ground truth — ``RawSample`` or
+                the workers' ``GroundTruth`` — with ``masks``/``mask`` ``[H0, W0]``, ``boxes`` ``[M, 4]`` xyxy
+                original pixels, ``labels`` ``[M]`` and ``image`` uint8 ``[H0, W0, 3]`` (a ``GroundTruth``
+                decodes it on access), or ``None`` when the dataset has no raw source) and ``n_real`` (int: only images
                 ``0 .. n_real-1`` count; the rest repeat samples to even out DDP shards). ``mtkd.eval.batch``
                 reads the ground truth of image ``i`` in original pixels from it.
             outputs: the model's predictions for the batch (``EvalOutputs``): the raw ``MultiTaskOutput``

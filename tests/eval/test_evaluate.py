@@ -85,12 +85,29 @@ class NoSource(Dataset):
         return self.ds[i]
 
 
-@pytest.mark.parametrize("raw_source", [True, False])
-def test_oracle_scores_one_in_original_coordinates(tmp_path, monkeypatch, raw_source):
+@pytest.mark.parametrize("ground_truth", ["files", "workers", "none"])
+def test_oracle_scores_one_in_original_coordinates(tmp_path, monkeypatch, ground_truth):
+    """``files``: the driver reads each sample again; ``workers``: the loader's items carry it (the files are
+    not read again: ``SourceIndex.get`` fails); ``none``: no raw source, the batch's letterboxed ground truth."""
+    from mtkd.eval.batch import SourceIndex
+
     spec = descriptor.load_data_yaml(write_dataset(tmp_path))
-    loader = build.build_dataloader(spec, "val", imgsz=64, batch=2, workers=0, augment=False, shuffle=False)
+    loader = build.build_dataloader(
+        spec,
+        "val",
+        imgsz=64,
+        batch=2,
+        workers=0,
+        augment=False,
+        shuffle=False,
+        ground_truth=ground_truth == "workers",
+    )
+    raw_source = ground_truth != "none"
     if not raw_source:
         loader = DataLoader(NoSource(loader.dataset), batch_size=2, collate_fn=collate)
+    if ground_truth == "workers":
+        assert [g.path.name for g in next(iter(loader))["ground_truth"]] == ["im0.png", "im1.png"]
+        monkeypatch.setattr(SourceIndex, "get", lambda self, path: pytest.fail(f"{path} read again"))
     monkeypatch.setattr(postprocess, "postprocess_det", lambda det, hw, **kw: det)
     out_dir = tmp_path / "pred"
     m = evaluate_model(Oracle(loader), loader, spec=spec, progress=False, save_predictions=out_dir)
