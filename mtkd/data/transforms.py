@@ -103,7 +103,7 @@ class JointTransform:
     def __init__(
         self, imgsz: int, *, augment: bool, ignore_index: int = 255, params: AugmentParams | None = None
     ) -> None:
-        self.imgsz, self.augment = imgsz, augment
+        self.imgsz, self.augment, self.ignore_index = imgsz, augment, ignore_index
         self.compose = build_compose(imgsz, augment=augment, ignore_index=ignore_index, params=params)
 
     def __call__(self, raw: RawSample, *, seed: int = 0) -> dict[str, Any]:
@@ -111,22 +111,21 @@ class JointTransform:
 
         h0, w0 = raw.image.shape[:2]
         scale, pad, _ = letterbox_geometry(h0, w0, self.imgsz)
-        if self.augment:
+        if (
+            not self.augment
+        ):  # the same letterbox without albumentations' per-call bookkeeping (most of its cost)
+            out = letterbox(raw, self.imgsz, self.ignore_index)
+        elif list(raw.masks) == ["seg"]:
             self.compose.set_random_seed(seed)
-        single = list(raw.masks) == ["seg"]
-        if single:
             out = self.compose(image=raw.image, mask=raw.masks["seg"], bboxes=raw.boxes, labels=raw.labels)
-            masks = {"mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long()}
+            out["masks"] = [out["mask"]]
         else:  # every task's mask through the same geometric ops (albumentations' ``masks``)
+            self.compose.set_random_seed(seed)
             out = self.compose(
                 image=raw.image, masks=list(raw.masks.values()), bboxes=raw.boxes, labels=raw.labels
             )
-            masks = {
-                "masks": {
-                    t: torch.from_numpy(np.ascontiguousarray(m)).long()
-                    for t, m in zip(raw.masks, out["masks"])
-                }
-            }
+        ts = [torch.from_numpy(np.ascontiguousarray(m, dtype=np.int64)) for m in out["masks"]]  # new arrays
+        masks = {"mask": ts[0]} if list(raw.masks) == ["seg"] else {"masks": dict(zip(raw.masks, ts))}
         image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
         boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         return {
@@ -139,3 +138,35 @@ class JointTransform:
             "pad": pad,
             "scale": float(scale),
         }
+
+
+def letterbox(raw: RawSample, imgsz: int, ignore_index: int) -> dict[str, Any]:
+    """The validation letterbox (``build_compose(augment=False)``: ``LongestMaxSize`` + centred ``PadIfNeeded``
+    with boxes clipped to the output) done directly with OpenCV: ``{"image": uint8 [S, S, 3], "masks": [uint8
+    [S, S] per task], "bboxes": float [n, 4] xyxy, "labels": [n]}``. Same pixels (the same ``cv2.resize`` and
+    constant padding); boxes equal to albumentations' to float rounding, a box left without area dropped as it
+    drops it."""
+    import cv2
+
+    h0, w0 = raw.image.shape[:2]
+    _, (top, left), (nh, nw) = letterbox_geometry(h0, w0, imgsz)
+    bottom, right = imgsz - nh - top, imgsz - nw - left
+
+    def fit(a: np.ndarray, interpolation: int, fill: int) -> np.ndarray:
+        if (nh, nw) != (h0, w0):
+            a = cv2.resize(a, (nw, nh), interpolation=interpolation)
+        if top or bottom or left or right:
+            value = (fill,) * (a.shape[2] if a.ndim == 3 else 1)
+            a = cv2.copyMakeBorder(a, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value)
+        return a
+
+    boxes = np.asarray(raw.boxes, np.float64).reshape(-1, 4)
+    boxes = boxes * np.array([nw / w0, nh / h0, nw / w0, nh / h0]) + np.array([left, top, left, top])
+    boxes = np.clip(boxes, 0, imgsz)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return {
+        "image": fit(raw.image, cv2.INTER_LINEAR, PAD_VALUE),
+        "masks": [fit(m, cv2.INTER_NEAREST_EXACT, ignore_index) for m in raw.masks.values()],
+        "bboxes": boxes[keep],
+        "labels": np.asarray(raw.labels).reshape(-1)[keep],
+    }
