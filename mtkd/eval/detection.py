@@ -142,21 +142,29 @@ def coco_eval(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = 
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)
         coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        else:
-            coco_dt = COCO()
-            coco_dt.dataset = {
-                "images": list(gt["images"]),
-                "annotations": [],
-                "categories": gt["categories"],
-            }
-            coco_dt.createIndex()
+        coco_dt = COCO()
+        coco_dt.dataset = {
+            "images": list(gt["images"]),
+            "annotations": _result_annotations(results),
+            "categories": copy.deepcopy(gt["categories"]),
+        }
+        coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     return ev
+
+
+def _result_annotations(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The detection annotations ``loadRes`` builds from bbox results (``area`` = w * h, ``id`` from 1,
+    ``iscrowd`` 0), without the box-polygon ``segmentation`` it adds, which bbox evaluation never reads: one
+    copy of each result instead of ``loadRes``'s copy and per-result rework, the largest cost of a
+    many-detection evaluation (``conf`` 0.001, up to 300 per image)."""
+    return [
+        {**r, "area": r["bbox"][2] * r["bbox"][3], "id": i, "iscrowd": 0}
+        for i, r in enumerate(results, start=1)
+    ]
 
 
 class DetectionEvaluator(DatasetEvaluator):
