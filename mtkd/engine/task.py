@@ -123,11 +123,13 @@ class DistillTask(TrainTask):
         if not self.distill.kd_active(progress):  # distill.off_last_epochs: plain training's step, no teacher
             s_out = self.student(images)
             return self.distill(s_out, None, self.task_loss(s_out, batch), progress, batch)
+        # the teacher first: its activations are freed before the student's graph is built (a smaller working
+        # set; the student's forward does not depend on it and the frozen teacher draws no random numbers)
+        with torch.no_grad():
+            t_out = self.teacher(images, features=self.teacher_feature_names)
         names = self.feature_names
         s_out = self.student(images, features=names) if names else self.student(images)
         task = self.task_loss(s_out, batch)
-        with torch.no_grad():
-            t_out = self.teacher(images, features=self.teacher_feature_names)
         return self.distill(s_out, t_out, task, progress, batch)
 
     def train_state(self) -> dict[str, Any]:
