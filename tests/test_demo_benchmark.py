@@ -88,6 +88,12 @@ def test_benchmark_writes_ratios(tmp_path):
         res["dataloader_images_per_s"] > 0 and res["eval_images_per_s"] > 0 and res["eval_first_pass_s"] > 0
     )
     assert res["dataloader_workers"] == 0 and res["dataloader_first_batch_s"] >= 0
+    import statistics
+
+    passes = res["eval_passes_s"]  # the rate is the median of the timed passes after the first
+    assert len(passes) == 3 and min(passes) > 0
+    n_eval = res["eval_images_per_s"] * statistics.median(passes)
+    assert n_eval == pytest.approx(round(n_eval), abs=0.05) and round(n_eval) > 0
     assert res["train_images_per_s"] == pytest.approx(4 / ms["student_step"] * 1000, rel=1e-3)
     assert res["kd_images_per_s"] == pytest.approx(4 / ms["kd_step"] * 1000, rel=1e-3)
     steps = ("data_to_device", "forward", "task_loss", "backward", "optimizer", "ema", "other", "total")

@@ -16,8 +16,9 @@ and reports medians after warm-up, plus
 - ``train_images_per_s`` / ``kd_images_per_s``: images per second of the student / distillation step;
 - ``dataloader_images_per_s`` (train pipeline with augmentation, ``dataloader_workers`` workers, after the
   first batch, whose wait is ``dataloader_first_batch_s``) and ``eval_images_per_s`` (``evaluate_model`` on the
-  val split, second pass: the val loader and its persistent workers are reused between evaluations, as in
-  training; the first pass, with the workers' start, is ``eval_first_pass_s``);
+  val split, the median of ``--eval-passes`` passes, each in ``eval_passes_s``, after a first one: the val
+  loader and its persistent workers are reused between evaluations, as in training; the first pass, with the
+  workers' start, is ``eval_first_pass_s``);
 - ``phases_ms``: the median per-phase breakdown of both steps, from separate instrumented steps (each phase
   bracketed by device syncs): ``data_to_device``, ``forward`` (student), ``teacher_forward``, ``task_loss``,
   ``kd_loss``, ``backward`` (with ``zero_grad``), ``optimizer`` (clipping, step, LR schedule), ``ema``, ``other``
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         "--loader-batches", type=int, default=8, help="batches read to time the dataloader (first one apart)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--eval-passes", type=int, default=3, help="timed evaluation passes after the first (median reported)"
+    )
     p.add_argument(
         "--vs-ultralytics",
         action="store_true",
@@ -297,8 +301,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
         model = trainer.ema.ema if trainer.ema else trainer.student
         eval_s = []
-        # the first pass starts the val loader's (persistent) workers, as training's first evaluation does
-        for _ in range(2):
+        # the first pass starts the val loader's (persistent) workers, as training's first evaluation does; the
+        # rate is the median of the passes after it (what every later evaluation of a run costs)
+        for _ in range(1 + args.eval_passes):
             sync(dev)
             t0 = time.perf_counter()
             ev = evaluate_model(model, trainer.val_loader, spec=trainer.spec, device=dev, progress=False)
@@ -318,6 +323,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "config": {
                 "student": cfg.student or cfg.model,
                 "teacher_model": args.teacher_model if args.teacher is None else args.teacher,
+                "data": str(cfg.data),
+                "eval_images": n_eval,
                 "imgsz": cfg.imgsz,
                 "batch": cfg.batch,
                 "amp": cfg.amp,
@@ -335,7 +342,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "dataloader_images_per_s": round(n_later / load_s, 2),
             "dataloader_workers": cfg.workers,
             "dataloader_first_batch_s": round(first_s, 4),
-            "eval_images_per_s": round(n_eval / eval_s[1], 2),
+            "eval_images_per_s": round(n_eval / statistics.median(eval_s[1:]), 2),
+            "eval_passes_s": [round(t, 4) for t in eval_s[1:]],
             "eval_first_pass_s": round(eval_s[0], 4),
             "phases_ms": phases,
         }
