@@ -56,8 +56,24 @@ def raise_first(problems: list[Problem]) -> None:
         raise SampleError(f"{problems[0]}{more}")
 
 
+class _SingleMask:
+    """``mask``: the mask of a single-task sample (for dataclasses with ``masks`` and ``path``)."""
+
+    masks: dict[str, np.ndarray]
+    path: Path
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The mask of a single-task sample (``ValueError`` for a sample with several tasks: use ``masks``)."""
+        if len(self.masks) != 1:
+            raise ValueError(
+                f"{self.path}: the sample has seg tasks {', '.join(self.masks)}; use .masks[task]"
+            )
+        return next(iter(self.masks.values()))
+
+
 @dataclass
-class RawSample:
+class RawSample(_SingleMask):
     """One sample as stored on disk, before any transform.
 
     Attributes:
@@ -75,18 +91,13 @@ class RawSample:
     labels: np.ndarray
     path: Path
 
-    @property
-    def mask(self) -> np.ndarray:
-        """The mask of a single-task sample (``ValueError`` for a sample with several tasks: use ``masks``)."""
-        return _single_mask(self.masks, self.path)
-
     def ground_truth(self) -> GroundTruth:
         """The annotations without the pixels (what evaluation compares against; shares the arrays)."""
         return GroundTruth(self.masks, self.boxes, self.labels, self.path)
 
 
 @dataclass
-class GroundTruth:
+class GroundTruth(_SingleMask):
     """A sample's annotations at original resolution without its pixels: what a val loader's workers hand to
     evaluation next to the letterboxed image, so the main process does not decode the files a second time.
 
@@ -103,11 +114,6 @@ class GroundTruth:
     path: Path
 
     @property
-    def mask(self) -> np.ndarray:
-        """The mask of a single-task sample (``ValueError`` for a sample with several tasks: use ``masks``)."""
-        return _single_mask(self.masks, self.path)
-
-    @property
     def image(self) -> np.ndarray:
         """uint8 ``[H0, W0, 3]`` RGB, decoded from ``path`` on each access (overlays read a few; evaluation
         itself never does); ``SampleError`` naming the file when it no longer reads."""
@@ -115,12 +121,6 @@ class GroundTruth:
         raise_first(problems)
         assert pixels is not None
         return pixels
-
-
-def _single_mask(masks: dict[str, np.ndarray], path: Path) -> np.ndarray:
-    if len(masks) != 1:
-        raise ValueError(f"{path}: the sample has seg tasks {', '.join(masks)}; use .masks[task]")
-    return next(iter(masks.values()))
 
 
 def pil_open(path: Path):

@@ -111,11 +111,12 @@ class JointTransform:
 
         h0, w0 = raw.image.shape[:2]
         scale, pad, _ = letterbox_geometry(h0, w0, self.imgsz)
+        single = list(raw.masks) == ["seg"]
         if (
             not self.augment
         ):  # the same letterbox without albumentations' per-call bookkeeping (most of its cost)
             out = letterbox(raw, self.imgsz, self.ignore_index)
-        elif list(raw.masks) == ["seg"]:
+        elif single:
             self.compose.set_random_seed(seed)
             out = self.compose(image=raw.image, mask=raw.masks["seg"], bboxes=raw.boxes, labels=raw.labels)
             out["masks"] = [out["mask"]]
@@ -125,7 +126,7 @@ class JointTransform:
                 image=raw.image, masks=list(raw.masks.values()), bboxes=raw.boxes, labels=raw.labels
             )
         ts = [torch.from_numpy(np.ascontiguousarray(m, dtype=np.int64)) for m in out["masks"]]  # new arrays
-        masks = {"mask": ts[0]} if list(raw.masks) == ["seg"] else {"masks": dict(zip(raw.masks, ts))}
+        masks = {"mask": ts[0]} if single else {"masks": dict(zip(raw.masks, ts))}
         image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
         boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         return {

@@ -109,18 +109,12 @@ class SourceIndex:
         its original-resolution ground truth (``None`` otherwise or when unavailable) — the batch's
         ``ground_truth`` (read by the loader's workers with the image) when it has one, else the raw sample
         read here, once per batch."""
-        paths = batch["paths"]
-        if self.src is not None and batch.get("ground_truth") is not None:
-            given = batch["ground_truth"]
-            return {
-                **batch,
-                "n_real": n_real,
-                "source": [g if i < n_real else None for i, g in enumerate(given)],
-            }
+        given = batch.get("ground_truth") if self.src is not None else None
+        read = given.__getitem__ if given is not None else lambda i: self.get(str(batch["paths"][i]))
         return {
             **batch,
             "n_real": n_real,
-            "source": [self.get(str(p)) if i < n_real else None for i, p in enumerate(paths)],
+            "source": [read(i) if i < n_real else None for i in range(len(batch["paths"]))],
         }
 
 
