@@ -60,6 +60,7 @@ from mtkd.engine.task import build_student, build_task, check_compile, check_seg
 from mtkd.errors import ConfigError, MtkdError
 from mtkd.utils import dist as D
 from mtkd.utils.atomic import write_text
+from mtkd.utils.env import frozen_gc_heap
 from mtkd.utils.log import get_logger
 
 log = get_logger(__name__)
@@ -415,11 +416,12 @@ class Trainer:
                 installed = True
         try:
             self.setup()
-            for h in self.hooks:
-                h.before_train()
-            self._loop()
-            for h in self.hooks:
-                h.after_train()
+            with frozen_gc_heap():  # the models, loaders and imports: out of the collector's full passes
+                for h in self.hooks:
+                    h.before_train()
+                self._loop()
+                for h in self.hooks:
+                    h.after_train()
             return self.run_dir
         finally:
             if installed:
