@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -85,3 +87,31 @@ def test_results_csv_extends_header_and_truncates(tmp_path):
     assert flatten_metrics(
         {"det": {"mAP50": 0.5, "per_class_AP50_95": {"a": 1.0}}, "seg": {"mIoU": 0.25}}
     ) == {"det/mAP50": 0.5, "seg/mIoU": 0.25}
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_fused_optimizer_on_cpu_matches_the_per_parameter_loop(kind):
+    from mtkd.engine.optim import fused_supported
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    fused_model, start = copy.deepcopy(ref), copy.deepcopy(ref)
+    cfg = OptimConfig(optimizer=kind, lr=0.01, momentum=0.9, weight_decay=0.05)
+    opt = build_optimizer([fused_model], cfg)
+    assert opt.defaults["fused"] is True
+    groups = param_groups([ref], cfg.weight_decay)
+    if kind == "sgd":
+        plain = torch.optim.SGD(groups, lr=0.01, momentum=0.9, nesterov=True, foreach=False)
+    else:
+        plain = torch.optim.AdamW(groups, lr=0.01, betas=(0.9, 0.999), foreach=False)
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):
+        for model, o in ((ref, plain), (fused_model, opt)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b, s in zip(ref.parameters(), fused_model.parameters(), start.parameters(), strict=True):
+        assert not torch.equal(a, s)  # the steps moved every parameter
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # same update rule, to float rounding
+    assert not fused_supported([{"params": []}])
+    assert not fused_supported([{"params": [nn.Parameter(torch.zeros(2, device="meta"))]}])
