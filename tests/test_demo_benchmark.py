@@ -140,3 +140,10 @@ def test_benchmark_vs_ultralytics_side_by_side(tmp_path, monkeypatch):
     assert res["mtkd_images_per_s"] == pytest.approx(16 / res["epochs_s"]["mtkd"][1], rel=0.01)
     assert res["ratio"] == pytest.approx(res["mtkd_images_per_s"] / res["ultralytics_images_per_s"], rel=0.01)
     assert 0 < res["seg_head_params"] < res["mtkd_params"]
+
+
+def test_benchmark_takes_overrides_before_and_after_options():
+    from mtkd.engine.benchmark import parse_args
+
+    args = parse_args(["imgsz=64", "--steps", "2", "batch=4", "--warmup", "1"])
+    assert args.overrides == ["imgsz=64", "batch=4"] and args.steps == 2 and args.warmup == 1
