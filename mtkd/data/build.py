@@ -109,7 +109,11 @@ def seed_worker(worker_id: int) -> None:
     """``worker_init_fn``: seed numpy and ``random`` in each worker from its torch seed (itself seeded); run
     OpenCV single-threaded there (torch already is), so ``workers`` processes do not each start a thread per
     core, and without OpenCL, whose runtime each worker would otherwise probe on its first OpenCV call (slow
-    where a GPU driver installs an OpenCL ICD). Neither changes OpenCV's results on numpy arrays."""
+    where a GPU driver installs an OpenCL ICD). Neither changes OpenCV's results on numpy arrays.
+
+    ``setNumThreads(0)`` (sequential, as Ultralytics sets it), not ``setNumThreads(1)``: once the parent has
+    called OpenCV from other threads (the dataset index decodes in a thread pool), ``setNumThreads(1)`` in a
+    forked worker waits forever on the parent's thread-pool state, and the loader with it."""
     import random
 
     import cv2
@@ -117,7 +121,7 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(0)
     cv2.ocl.setUseOpenCL(False)
 
 

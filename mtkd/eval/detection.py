@@ -14,7 +14,6 @@ with the class name in ``categories``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import os
@@ -66,8 +65,18 @@ def _record(pred: dict[str, Any] | None, target: dict[str, Any]) -> dict[str, An
     return rec
 
 
-def _xywh(b: Sequence[float]) -> list[float]:
-    return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+def _xywh(boxes: Any) -> list[list[float]]:
+    """``[n, 4]`` xyxy boxes (array-like) as float64 ``[x, y, w, h]`` lists (the same float64 subtraction as
+    COCO's own conversion, done for all boxes at once)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
+
+
+def _check_labels(labels: np.ndarray, nc: int, message: str) -> None:
+    """``ValueError(message.format(label))`` for the first label outside ``[0, nc)``."""
+    bad = labels[(labels < 0) | (labels >= nc)]
+    if bad.size:
+        raise ValueError(message.format(bad[0]))
 
 
 def to_coco_json(
@@ -90,26 +99,22 @@ def to_coco_json(
     images, anns, results = [], [], []
     for img_id, r in enumerate(records, start=1):
         images.append({"id": img_id, "width": r["width"], "height": r["height"], "file_name": r["file_name"]})
-        for box, lab in zip(
-            np.asarray(r["gt_boxes"], np.float64).tolist(), np.asarray(r["gt_labels"]).tolist()
-        ):
-            if not 0 <= lab < nc:
-                raise ValueError(f"ground-truth label {lab} outside [0, {nc}) for image {r['file_name']!r}")
-            xywh = _xywh(box)
+        gt_labels = np.asarray(r["gt_labels"]).reshape(-1)
+        _check_labels(
+            gt_labels, nc, f"ground-truth label {{}} outside [0, {nc}) for image {r['file_name']!r}"
+        )
+        for xywh, lab in zip(_xywh(r["gt_boxes"]), gt_labels.tolist()):
             anns.append({
                 "id": len(anns) + 1, "image_id": img_id, "category_id": int(lab) + 1,
                 "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0,
             })  # fmt: skip
-        dets = (
-            np.asarray(r[k], dt).tolist()
-            for k, dt in (("boxes", np.float64), ("scores", np.float64), ("labels", np.int64))
+        labels = np.asarray(r["labels"], np.int64).reshape(-1)
+        _check_labels(labels, nc, f"predicted label {{}} outside [0, {nc})")
+        scores = np.asarray(r["scores"], np.float64).reshape(-1).tolist()
+        results.extend(
+            {"image_id": img_id, "category_id": lab + 1, "bbox": box, "score": score}
+            for box, score, lab in zip(_xywh(r["boxes"]), scores, labels.tolist())
         )
-        for box, score, lab in zip(*dets):
-            if not 0 <= lab < nc:
-                raise ValueError(f"predicted label {lab} outside [0, {nc})")
-            results.append(
-                {"image_id": img_id, "category_id": int(lab) + 1, "bbox": _xywh(box), "score": score}
-            )
     categories = [{"id": i + 1, "name": str(n)} for i, n in enumerate(class_names)]
     return {"images": images, "annotations": anns, "categories": categories}, results
 
@@ -140,13 +145,13 @@ def coco_eval(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = 
             from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
         coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.dataset = _copy_coco(gt)
         coco_gt.createIndex()
         coco_dt = COCO()
         coco_dt.dataset = {
             "images": list(gt["images"]),
             "annotations": _result_annotations(results),
-            "categories": copy.deepcopy(gt["categories"]),
+            "categories": [dict(c) for c in gt["categories"]],
         }
         coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, "bbox")
@@ -154,6 +159,23 @@ def coco_eval(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = 
         ev.accumulate()
         ev.summarize()
     return ev
+
+
+def _copy_coco(gt: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a COCO dict that COCOeval may annotate without touching ``gt``: each image, annotation and
+    category dict copied with its list values (``bbox``, ``segmentation`` polygons) one level deep; a tenth of
+    ``copy.deepcopy``'s time for the same protection on COCO's flat records."""
+
+    def rec(d: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: [list(x) if isinstance(x, list) else x for x in v] if isinstance(v, list) else v
+            for k, v in d.items()
+        }
+
+    return {
+        k: [rec(d) if isinstance(d, dict) else d for d in v] if isinstance(v, list) else v
+        for k, v in gt.items()
+    }
 
 
 def _result_annotations(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -199,3 +199,24 @@ def test_listing_problems_and_bad_arguments_raise(shapes_copy):
         build_dataset(spec, "val", imgsz=100, augment=False)
     with pytest.raises(ConfigError, match="batch"):
         build_dataloader(spec, "val", imgsz=64, batch=0, workers=0, augment=False, shuffle=False)
+
+
+def test_worker_init_returns_after_the_parent_used_opencv_from_threads():
+    """The dataset index decodes with OpenCV in a thread pool before the loader forks its workers; the
+    worker's OpenCV set-up must not wait on the parent's thread-pool state (it did with setNumThreads(1))."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mtkd.data.build import seed_worker
+
+    image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: cv2.resize(image, (640, 640)), range(4)))
+    worker = multiprocessing.get_context("fork").Process(target=seed_worker, args=(0,))
+    worker.start()
+    worker.join(timeout=60)
+    hung = worker.is_alive()
+    if hung:
+        worker.kill()
+        worker.join()
+    assert not hung and worker.exitcode == 0
