@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 
 from mtkd.errors import ConfigError
-from mtkd.utils import yaml_load
 from mtkd.utils.atomic import write_text
+from mtkd.utils.config_files import deep_merge, parse_overrides, read_yaml_with_base
 from mtkd.utils.feat_names import check_feat_kd_names
 from mtkd.utils.typed_config import (
     Schedulable,
@@ -298,6 +298,14 @@ class TrainConfig:
         default=0.001, metadata=field_meta("eval NMS confidence", range_=(0.0, 1.0, True, True))
     )
     iou: float = field(default=0.6, metadata=field_meta("eval NMS IoU", range_=(0.0, 1.0, False, True)))
+    val_cache: str = field(
+        default="auto",
+        metadata=field_meta(
+            "keep the prepared val items in RAM between evaluations: auto = when the split fits in 10% of "
+            "the available memory",
+            choices=("auto", "ram", "off"),
+        ),
+    )
     augment: bool = field(default=True, metadata=field_meta("train-time augmentation"))
     aug: AugConfig = field(
         default_factory=AugConfig, metadata=field_meta("augmentation strengths ({} = defaults)")
@@ -376,63 +384,14 @@ def build_config(raw: Mapping[str, Any]) -> TrainConfig:
     return build_dataclass(TrainConfig, _resolve_aliases(dict(raw)))
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' inheritance loops back to this file")
-    try:
-        raw = yaml_load.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: expected a YAML file path, got {base!r}")
-    return _deep_merge(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
-
-
-def _deep_merge(a: dict, b: Mapping) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[x, y]"]`` → ``{"a": {"b": 1}, "c": ["x", "y"]}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip().lstrip("-")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        try:
-            value = yaml_load.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: '{p}' is not a section")
-        node[parts[-1]] = value
-    return out
-
-
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Load ``path`` (YAML, optional ``base:``), apply ``key=value`` overrides, validate.
 
     Raises ``ConfigError`` naming the file/key for every problem.
     """
-    from_file = _resolve_aliases(_read_yaml(Path(path))) if path is not None else {}
+    from_file = _resolve_aliases(read_yaml_with_base(Path(path))) if path is not None else {}
     try:
-        return build_config(_deep_merge(from_file, _resolve_aliases(parse_overrides(overrides))))
+        return build_config(deep_merge(from_file, _resolve_aliases(parse_overrides(overrides))))
     except ConfigError:
         if path is None:
             raise

@@ -14,6 +14,7 @@ set before that call. Each worker runs OpenCV single-threaded (the workers are t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from mtkd.data.coco import CocoSource
 from mtkd.data.collate import collate
 from mtkd.data.descriptor import DataSpec
+from mtkd.data.item_cache import cache_decision
 from mtkd.data.transforms import AugmentParams, JointTransform
 from mtkd.data.yolo_mask import YoloMaskSource
 from mtkd.errors import ConfigError
+from mtkd.utils.log import get_logger
+
+log = get_logger(__name__)
 
 
 def _derive_seed(*parts: int) -> int:
@@ -55,6 +60,11 @@ class MultiTaskDataset(Dataset):
     ) -> None:
         self.spec, self.split, self.imgsz, self.augment, self.seed = spec, split, imgsz, augment, seed
         self.ground_truth = bool(ground_truth)
+        # keep_items: return each prepared item again instead of preparing it anew (mtkd.data.item_cache;
+        # only for datasets without augmentation, whose items do not change); the items are not copied, so
+        # consumers treat them as read-only (collate stacks their tensors into new ones)
+        self.keep_items = False
+        self._items: dict[int, dict[str, Any]] = {}
         self.source = CocoSource(spec, split) if spec.format == "coco" else YoloMaskSource(spec, split)
         self.transform = JointTransform(imgsz, augment=augment, ignore_index=spec.ignore_index, params=params)
         # shared with the worker processes (forked or spawned), which may outlive an epoch (persistent_workers)
@@ -75,10 +85,14 @@ class MultiTaskDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.keep_items and index in self._items:
+            return self._items[index]
         raw = self.source[index]
         item = self.transform(raw, seed=_derive_seed(self.seed, self.epoch, index))
         if self.ground_truth:
             item["ground_truth"] = raw.ground_truth()
+        if self.keep_items and not self.augment:
+            self._items[index] = item
         return item
 
     @property
@@ -126,13 +140,34 @@ def seed_worker(worker_id: int) -> None:
 
 
 class MtkdDataLoader(DataLoader):
-    """A ``DataLoader`` with ``set_epoch(epoch)``: reseeds augmentation and shuffling for that epoch."""
+    """A ``DataLoader`` with ``set_epoch(epoch)``: reseeds augmentation and shuffling for that epoch.
 
-    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+    ``prime_next`` (persistent workers only; for loaders whose batches do not depend on the epoch, such as
+    evaluation loaders): as soon as an iteration is exhausted, hand the workers the next iteration's first
+    ``prefetch_factor`` batches per worker, so they are prepared while the main process does other work
+    (scoring, a training epoch) instead of after the next ``iter(loader)``, which otherwise starts every pass
+    waiting for its first batch. ``set_epoch`` drops a primed iteration.
+    """
+
+    def __init__(self, *args: Any, seed: int = 0, prime_next: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.seed = seed
+        self.prime_next = bool(prime_next) and self.persistent_workers
+        self._primed: Iterator[Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.prime_next:
+            return super().__iter__()
+        return self._iter_then_prime()
+
+    def _iter_then_prime(self) -> Iterator[Any]:
+        it, self._primed = self._primed or super().__iter__(), None
+        yield from it
+        # only after exhaustion: an abandoned pass is reset by the next iter()
+        self._primed = super().__iter__()
 
     def set_epoch(self, epoch: int) -> None:
+        self._primed = None  # the next iter() resets the workers and hands out this epoch's indices
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         if isinstance(self.sampler, DistributedSampler):
@@ -160,6 +195,8 @@ def build_dataloader(
     persistent_workers: bool = True,
     prefetch_factor: int = 2,
     ground_truth: bool = False,
+    prime_next: bool = False,
+    cache: str = "off",
 ) -> MtkdDataLoader:
     """Seeded loader of ``split`` yielding ``collate`` batches; ``DistributedSampler`` when ``distributed``.
 
@@ -168,6 +205,10 @@ def build_dataloader(
     ``prefetch_factor``: batches each worker prepares ahead (only with ``workers > 0``). ``ground_truth``:
     batches carry ``ground_truth``, the original-resolution annotations read by the workers (for evaluation
     loaders: ``mtkd.eval.batch.SourceIndex.attach`` uses them instead of reading the files again).
+    ``prime_next``: prepare the next pass's first batches as soon as a pass ends (``MtkdDataLoader``; only with
+    persistent workers and batches that do not depend on the epoch: evaluation loaders). ``cache``: keep the
+    prepared items in memory between passes, ``"auto"``, ``"ram"`` or ``"off"`` (``mtkd.data.item_cache``;
+    never for an augmenting split); the decision is logged.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch: expected a positive integer, got {batch!r}")
@@ -178,6 +219,9 @@ def build_dataloader(
     dataset = build_dataset(
         spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params, ground_truth=ground_truth
     )
+    if cache != "off":
+        dataset.keep_items, why = cache_decision(dataset, cache)
+        log.info("%s split of %s: %s", split, spec.yaml_path, why)
     if distributed:
         sampler: Any = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle:
@@ -197,4 +241,5 @@ def build_dataloader(
         pin_memory=bool(pin_memory),
         persistent_workers=bool(persistent_workers) and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
+        prime_next=prime_next,
     )

@@ -193,6 +193,8 @@ class Trainer:
                 distributed=D.is_dist(),
                 pin_memory=pin,
                 ground_truth=True,  # the workers hand the original-resolution annotations to evaluation
+                prime_next=True,  # the next evaluation's first batches are read during the training epoch
+                cache=cfg.val_cache,  # every evaluation after the first only collates (mtkd.data.item_cache)
             )
         self.iters = len(self.train_loader)
         if self.iters == 0:
