@@ -93,8 +93,10 @@ def build_compose(
 class JointTransform:
     """Turn a ``RawSample`` into a dataset item (tensors), letterboxed or augmented.
 
-    Item: ``image`` float32 ``[3, S, S]`` in [0, 1]; ``mask`` int64 ``[S, S]`` (a single-task sample) or ``masks``
-    ``{task: int64 [S, S]}`` (a ``seg_tasks`` sample); ``boxes`` float32 ``[n, 4]`` xyxy
+    Item: ``image`` uint8 ``[3, S, S]`` (0-255: a quarter of float32's bytes through the workers' shared memory,
+    pinned memory and the host-to-device copy; ``mtkd.data.collate.batch_to_device`` makes it float32 in [0, 1]
+    on the device); ``mask`` uint8 ``[S, S]`` class ids (a single-task sample) or ``masks`` ``{task: uint8 [S,
+    S]}`` (a ``seg_tasks`` sample), int64 after ``batch_to_device``; ``boxes`` float32 ``[n, 4]`` xyxy
     pixels of the output; ``labels`` int64 ``[n]``; ``path`` str; ``orig_size`` ``(H0, W0)``; ``pad``
     ``(top, left)`` and ``scale`` (letterbox geometry; with ``augment=True`` they describe only the initial
     resize, not the random scale/crop, and cannot map predictions back).
@@ -125,12 +127,14 @@ class JointTransform:
             out = self.compose(
                 image=raw.image, masks=list(raw.masks.values()), bboxes=raw.boxes, labels=raw.labels
             )
-        ts = [torch.from_numpy(np.ascontiguousarray(m, dtype=np.int64)) for m in out["masks"]]  # new arrays
+        ts = [
+            torch.from_numpy(np.array(m, dtype=np.uint8)) for m in out["masks"]
+        ]  # new arrays (np.array copies)
         masks = {"mask": ts[0]} if single else {"masks": dict(zip(raw.masks, ts))}
         image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
         boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         return {
-            "image": torch.from_numpy(image).float().div_(255.0),
+            "image": torch.from_numpy(image),
             **masks,
             "boxes": torch.from_numpy(boxes),
             "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),

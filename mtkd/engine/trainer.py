@@ -49,6 +49,7 @@ import yaml
 from torch import Tensor, nn
 
 from mtkd.config import TrainConfig
+from mtkd.data.collate import batch_to_device
 from mtkd.engine.ema import ModelEMA
 from mtkd.engine.hooks import HookBase, default_hooks
 from mtkd.engine.logger import SHOWN, ResultsCSV, metric_columns
@@ -260,21 +261,10 @@ class Trainer:
         return host
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch's tensors on the device, each moved once (``non_blocking``: asynchronous from pinned memory);
-        4-D ones (images) channels_last when ``cfg.channels_last``."""
-        out = dict(batch)
-        for k, v in batch.items():
-            if isinstance(v, Tensor):
-                fmt = (
-                    torch.channels_last if self.cfg.channels_last and v.dim() == 4 else torch.preserve_format
-                )
-                out[k] = v.to(self.device, non_blocking=True, memory_format=fmt)
-            elif isinstance(v, dict):  # seg_masks: {task: [B, H, W]}
-                out[k] = {
-                    t: m.to(self.device, non_blocking=True) if isinstance(m, Tensor) else m
-                    for t, m in v.items()
-                }
-        return out
+        """The batch's tensors on the device, each moved once (``non_blocking``: asynchronous from pinned memory),
+        images float32 in [0, 1] (``channels_last`` when ``cfg.channels_last``) and masks int64 there
+        (``mtkd.data.collate.batch_to_device``)."""
+        return batch_to_device(batch, self.device, channels_last=self.cfg.channels_last)
 
     def backward(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtkd.data.collate import images_to_float
+
 
 @dataclass(frozen=True)
 class Letterbox:
@@ -158,7 +160,9 @@ def original_sample(
     if raw is not None:
         return raw.image, raw.mask if task is None else raw.masks[task], raw.boxes, raw.labels
     lb = Letterbox.from_batch(batch, i)
-    img = F.interpolate(lb.crop(batch["images"][i].float())[None], size=(lb.h0, lb.w0), mode="bilinear")[0]
+    img = F.interpolate(
+        lb.crop(images_to_float(batch["images"][i]))[None], size=(lb.h0, lb.w0), mode="bilinear"
+    )[0]
     image = (img.permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
     m = lb.crop(batch["masks"][i] if task is None else batch["seg_masks"][task][i])[None, None].float()
     mask = F.interpolate(m, size=(lb.h0, lb.w0), mode="nearest")[0, 0].long().cpu().numpy()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtkd.data.collate import images_to_float
 from mtkd.errors import CompatibilityError
 from mtkd.eval.batch import SourceIndex, real_count
 from mtkd.eval.detection import DetectionEvaluator
@@ -191,7 +192,7 @@ def inference_on_dataset(
     try:
         with torch.inference_mode():  # the model was moved above, outside: no inference-mode parameters
             for batch in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
-                images = batch["images"].to(device, non_blocking=True).float()
+                images = images_to_float(batch["images"].to(device, non_blocking=True))
                 keep = len(images) if n_real is None else max(0, min(len(images), n_real - seen))
                 batch = source.attach(batch, keep)
                 evaluator.process(

@@ -103,7 +103,7 @@ def test_letterbox_geometry_matches_the_transform(hw):
     assert (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) == (top, left, top + nh, left + nw)
     assert (item["mask"][~torch.from_numpy(content)] == 250).all()
     pad_pixels = item["image"][:, ~torch.from_numpy(content)]
-    assert torch.allclose(pad_pixels, torch.tensor(PAD_VALUE / 255.0))
+    assert pad_pixels.dtype == torch.uint8 and (pad_pixels == PAD_VALUE).all()
     np.testing.assert_allclose(item["boxes"].numpy(), [[left, top, left + nw, top + nh]], atol=1e-4)
     # mapping back with scale/pad recovers the original box to within half a pixel
     back = (item["boxes"][0] - torch.tensor([left, top, left, top])) / scale
@@ -118,8 +118,12 @@ def test_validation_items_ignore_seed_and_epoch(shapes_copy):
     for i in range(len(a)):
         ia, ib = a[i], b[i]
         assert torch.equal(ia["image"], ib["image"]) and torch.equal(ia["boxes"], ib["boxes"])
-    assert ia["image"].dtype == torch.float32 and ia["image"].shape == (3, 64, 64)
-    assert ia["mask"].dtype == torch.int64 and 0 <= ia["image"].min() and ia["image"].max() <= 1
+    assert ia["image"].dtype == torch.uint8 and ia["image"].shape == (
+        3,
+        64,
+        64,
+    )  # 0-255, made float on the device
+    assert ia["mask"].dtype == torch.uint8 and ia["image"].max() > 1
 
 
 def _batches(loader):
@@ -199,6 +203,30 @@ def test_listing_problems_and_bad_arguments_raise(shapes_copy):
         build_dataset(spec, "val", imgsz=100, augment=False)
     with pytest.raises(ConfigError, match="batch"):
         build_dataloader(spec, "val", imgsz=64, batch=0, workers=0, augment=False, shuffle=False)
+
+
+def test_batch_to_device_makes_images_float_in_unit_range_and_masks_int64():
+    from mtkd.data.collate import batch_to_device, images_to_float
+
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 3, 1, 1).expand(2, 3, 4, 4).contiguous()
+    batch = {
+        "images": images,
+        "masks": torch.full((2, 4, 4), 255, dtype=torch.uint8),
+        "seg_masks": {"lane": torch.ones(2, 4, 4, dtype=torch.uint8)},
+        "paths": ["a", "b"],
+    }
+    out = batch_to_device(batch, "cpu", channels_last=True)
+    assert out["images"].dtype == torch.float32 and out["images"].is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert out["images"][0, :, 0, 0].tolist() == pytest.approx([0.0, 0.2, 1.0], abs=1e-7)
+    assert torch.equal(out["images"], torch.from_numpy(images.numpy()).float().div_(255.0))
+    assert (
+        out["masks"].dtype == out["seg_masks"]["lane"].dtype == torch.int64 and int(out["masks"].max()) == 255
+    )
+    assert out["paths"] == ["a", "b"] and batch["images"].dtype == torch.uint8  # the input batch unchanged
+    floats = torch.rand(1, 3, 2, 2)
+    assert images_to_float(floats) is floats  # already float: left as it is
 
 
 def test_worker_init_returns_after_the_parent_used_opencv_from_threads():

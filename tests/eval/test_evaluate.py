@@ -16,7 +16,7 @@ postprocess = pytest.importorskip(
     "mtkd.models.postprocess", reason="models (mtkd.models.postprocess) not written yet"
 )
 
-from mtkd.data.collate import collate  # noqa: E402
+from mtkd.data.collate import collate, images_to_float  # noqa: E402
 from mtkd.eval.batch import real_count  # noqa: E402
 from mtkd.eval.evaluate import evaluate_model, fitness  # noqa: E402
 from mtkd.models.outputs import MultiTaskOutput  # noqa: E402
@@ -62,7 +62,10 @@ class Oracle(nn.Module):
         for b in loader:
             for i, img in enumerate(b["images"]):
                 sel = b["batch_idx"] == i
-                self.table[img.numpy().tobytes()] = (b["masks"][i], b["boxes"][sel], b["labels"][sel])
+                key = (
+                    images_to_float(img).numpy().tobytes()
+                )  # what the driver hands the model: float32 in [0, 1]
+                self.table[key] = (b["masks"][i].long(), b["boxes"][sel], b["labels"][sel])
 
     def forward(self, images):
         gts = [self.table[img.numpy().tobytes()] for img in images]
