@@ -80,6 +80,29 @@ def test_connector_module():
     assert Connector(4, 4).is_identity
 
 
+@pytest.mark.parametrize("bn", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_connector_matches_its_convolution_in_value_and_gradient(bn, channels_last):
+    """On CPU the connector's 1x1 conv runs as a matmul (``conv1x1``): same output and gradients as the module
+    chain ``proj(x)`` (conv, then BatchNorm in training mode), to float rounding."""
+    g = torch.Generator().manual_seed(3)
+    c = Connector(5, 7, bn=bn)
+    if not bn:
+        torch.nn.init.normal_(c.proj.bias, generator=g)
+    x = torch.randn(3, 5, 4, 6, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = c(xa), c.proj(xb)
+    assert ya.shape == (3, 7, 4, 6)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    w = torch.randn(ya.shape, generator=g)
+    ga = torch.autograd.grad((ya * w).sum(), [xa, *c.parameters()])
+    gb = torch.autograd.grad((yb * w).sum(), [xb, *c.parameters()])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_fitnet_resizes_student_to_teacher_size():
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 6, 8, 8, generator=g)
