@@ -80,19 +80,33 @@ def test_benchmark_writes_ratios(tmp_path):
     res = json.loads(out.read_text())
     ms = res["ms"]
     assert min(ms.values()) > 0
-    assert res["kd_overhead_ratio"] == pytest.approx(
+    import statistics
+
+    rounds = res["rounds_ms"]  # the ratios are medians of per-round ratios (timings taken back to back)
+    assert len(rounds["kd_step"]) == 2 and statistics.median(rounds["kd_step"]) == pytest.approx(
+        ms["kd_step"]
+    )
+    per_round = [
+        k / (s + t) for k, s, t in zip(rounds["kd_step"], rounds["student_step"], rounds["teacher_forward"])
+    ]
+    assert res["kd_overhead_ratio"] == pytest.approx(statistics.median(per_round), rel=1e-3)
+    assert res["kd_overhead_ratio_of_medians"] == pytest.approx(
         ms["kd_step"] / (ms["student_step"] + ms["teacher_forward"]), rel=1e-3
     )
-    assert res["kd_vs_student"] == pytest.approx(ms["kd_step"] / ms["student_step"], rel=1e-3)
+    per_round = [k / s for k, s in zip(rounds["kd_step"], rounds["student_step"])]
+    assert res["kd_vs_student"] == pytest.approx(statistics.median(per_round), rel=1e-3)
     assert (
         res["dataloader_images_per_s"] > 0 and res["eval_images_per_s"] > 0 and res["eval_first_pass_s"] > 0
     )
     assert res["dataloader_workers"] == 0 and res["dataloader_first_batch_s"] >= 0
-    import statistics
 
     passes = res["eval_passes_s"]  # the rate is the median of the timed passes after the first
     assert len(passes) == 3 and min(passes) > 0
+    train_s = res["eval_train_step_s"]  # one training-rate measurement right before each timed pass
+    assert len(train_s) == 3 and min(train_s) > 0
     n_eval = res["eval_images_per_s"] * statistics.median(passes)
+    ratios = [(round(n_eval) / e) / (4 / t) for e, t in zip(passes, train_s)]
+    assert res["eval_vs_train"] == pytest.approx(statistics.median(ratios), rel=2e-3)
     assert n_eval == pytest.approx(round(n_eval), abs=0.05) and round(n_eval) > 0
     assert res["train_images_per_s"] == pytest.approx(4 / ms["student_step"] * 1000, rel=1e-3)
     assert res["kd_images_per_s"] == pytest.approx(4 / ms["kd_step"] * 1000, rel=1e-3)
@@ -147,3 +161,21 @@ def test_benchmark_takes_overrides_before_and_after_options():
 
     args = parse_args(["imgsz=64", "--steps", "2", "batch=4", "--warmup", "1"])
     assert args.overrides == ["imgsz=64", "batch=4"] and args.steps == 2 and args.warmup == 1
+
+
+def test_paired_ratio_cancels_a_load_change_between_rounds():
+    """Round 2 runs on a machine twice as slow: every per-round ratio is 1.1, the ratio of medians is not."""
+    import statistics
+
+    from mtkd.engine.benchmark import _paired_ratio
+
+    kd, student, teacher = [1.1, 2.2, 2.2], [0.8, 1.6, 1.6], [0.2, 0.4, 0.4]
+    assert _paired_ratio(kd, student, teacher) == pytest.approx(1.1)
+    assert _paired_ratio([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == pytest.approx(2.0)  # the median, not the mean
+    # the load changed inside round 2 (kd_step fast, the other two slow): the ratio of medians reads 0.55, the
+    # median of the per-round ratios the 1.1 of the two undisturbed rounds
+    kd, student, teacher = [1.1, 1.1, 2.2], [0.8, 1.6, 1.6], [0.2, 0.4, 0.4]
+    assert _paired_ratio(kd, student, teacher) == pytest.approx(1.1)
+    assert statistics.median(kd) / (statistics.median(student) + statistics.median(teacher)) == pytest.approx(
+        0.55
+    )

@@ -171,6 +171,7 @@ def test_benchmark_out_failed_write_keeps_the_previous_results(tmp_path, monkeyp
         "dataloader_images_per_s": 1.0,
         "dataloader_workers": 0,
         "eval_images_per_s": 1.0,
+        "eval_vs_train": 1.0,
         "phases_ms": {"student_step": {"total": 1.0}},
         "pad": "x" * 200_000,
     }
