@@ -48,6 +48,8 @@ from typing import Any
 
 import torch
 
+from mtkd.engine.step_timing import paired_ratio, phase_breakdown, sync, time_call
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -83,122 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); a no-op on the CPU, whose kernels run synchronously."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device: torch.device) -> float:
-    """Seconds ``fn()`` takes, its device work included."""
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def _paired_ratio(num: list[float], *den: list[float]) -> float:
-    """Median over iterations ``i`` of ``num[i] / sum(d[i] for d in den)``: each ratio compares timings taken
-    back to back (one round of the interleaved loop), so a change in background load between rounds cancels,
-    which a ratio of separate medians does not (on the shared 2-core CPU it moved by +-0.03 between runs)."""
-    return statistics.median(n / sum(ds) for n, *ds in zip(num, *den))
-
-
 TRAIN_STEPS_PER_PASS = 3  # student steps timed right before each timed evaluation pass (eval_vs_train)
-
-
-class _Phases:
-    """Times the phases of instrumented training steps (seconds per phase of the current step; medians in ms)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.steps: list[dict[str, float]] = []
-        self.cur: dict[str, float] = {}
-        self._t0: dict[str, float] = {}
-        self._undo: list[Any] = []
-
-    def _start(self, name: str) -> None:
-        sync(self.device)
-        self._t0[name] = time.perf_counter()
-
-    def _stop(self, name: str) -> None:
-        sync(self.device)
-        self.cur[name] = self.cur.get(name, 0.0) + time.perf_counter() - self._t0.pop(name)
-
-    def wrap(self, owner: Any, attr: str, name: str) -> None:
-        """Time ``owner.attr(...)`` calls as phase ``name`` (an instance attribute shadowing it until ``remove``)."""
-        fn, had = getattr(owner, attr), attr in vars(owner)
-
-        def timed(*a: Any, **k: Any) -> Any:
-            self._start(name)
-            try:
-                return fn(*a, **k)
-            finally:
-                self._stop(name)
-
-        if isinstance(fn, torch.nn.Module):  # a submodule cannot be replaced by a function: hook its forward
-            self._undo.append(fn.register_forward_pre_hook(lambda m, a: self._start(name)).remove)
-            self._undo.append(fn.register_forward_hook(lambda m, a, o: self._stop(name)).remove)
-            return
-        object.__setattr__(owner, attr, timed)
-        self._undo.append(
-            lambda: object.__setattr__(owner, attr, fn) if had else object.__delattr__(owner, attr)
-        )
-
-    def step(self, fn) -> None:
-        self.cur = {}
-        total = _time(fn, self.device)
-        self.cur["other"] = max(total - sum(self.cur.values()), 0.0)
-        self.steps.append({**self.cur, "total": total})
-
-    def medians_ms(self) -> dict[str, float]:
-        keys = [k for k in PHASES if any(k in s for s in self.steps)]
-        return {k: round(statistics.median(s.get(k, 0.0) for s in self.steps) * 1000, 3) for k in keys}
-
-    def remove(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo = []
-
-
-#: the phases of ``phases_ms``, in step order
-PHASES = (
-    "data_to_device",
-    "forward",
-    "teacher_forward",
-    "task_loss",
-    "kd_loss",
-    "backward",
-    "optimizer",
-    "ema",
-    "other",
-    "total",
-)
-
-
-def _phase_breakdown(trainer: Any, tasks: dict[str, Any], batches: list, steps: int) -> dict[str, Any]:
-    """``{step name: {phase: median ms}}`` of ``tasks`` (``{name: (run_step task arg, task module)}``)."""
-    out = {}
-    for name, (arg, task) in tasks.items():
-        ph = _Phases(trainer.device)
-        ph.wrap(trainer, "to_device", "data_to_device")
-        ph.wrap(trainer, "backward", "backward")
-        ph.wrap(trainer, "optimizer_step", "optimizer")
-        if trainer.ema is not None:
-            ph.wrap(trainer.ema, "update", "ema")
-        ph.wrap(task, "student", "forward")
-        ph.wrap(task, "task_loss", "task_loss")
-        if getattr(task, "teacher", None) is not None:
-            ph.wrap(task, "teacher", "teacher_forward")
-            ph.wrap(task, "distill", "kd_loss")
-        try:
-            for i in range(steps):
-                ph.step(lambda b=batches[i % len(batches)], a=arg: trainer.run_step(b, 0, 0, task=a))
-        finally:
-            ph.remove()
-        out[name] = ph.medians_ms()
-    return out
 
 
 def _age(root: Path) -> None:
@@ -313,9 +200,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.steps):
             b = batches[i % len(batches)]
             for k, fn in fns.items():  # interleaved: background load hits all three alike
-                times[k].append(_time(lambda fn=fn, b=b: fn(b), dev))
+                times[k].append(time_call(lambda fn=fn, b=b: fn(b), dev))
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-        phases = _phase_breakdown(
+        phases = phase_breakdown(
             trainer, {"student_step": (plain, plain), "kd_step": (None, kd)}, batches, args.steps
         )
 
@@ -329,7 +216,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if k:
                 steps = [batches[j % len(batches)] for j in range(TRAIN_STEPS_PER_PASS)]
                 train_round_s.append(
-                    statistics.median(_time(lambda b=b: student_step(b), dev) for b in steps)
+                    statistics.median(time_call(lambda b=b: student_step(b), dev) for b in steps)
                 )
             sync(dev)
             t0 = time.perf_counter()
@@ -364,12 +251,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "ms": {k: round(v, 3) for k, v in med.items()},
             "rounds_ms": {k: [round(t * 1000, 3) for t in v] for k, v in times.items()},
             "kd_overhead_ratio": round(
-                _paired_ratio(times["kd_step"], times["student_step"], times["teacher_forward"]), 4
+                paired_ratio(times["kd_step"], times["student_step"], times["teacher_forward"]), 4
             ),
             "kd_overhead_ratio_of_medians": round(
                 med["kd_step"] / (med["student_step"] + med["teacher_forward"]), 4
             ),
-            "kd_vs_student": round(_paired_ratio(times["kd_step"], times["student_step"]), 4),
+            "kd_vs_student": round(paired_ratio(times["kd_step"], times["student_step"]), 4),
             "train_images_per_s": round(per_batch / med["student_step"] * 1000, 2),
             "kd_images_per_s": round(per_batch / med["kd_step"] * 1000, 2),
             "dataloader_images_per_s": round(n_later / load_s, 2),

@@ -46,7 +46,7 @@ class _EpochWindows(HookBase):
         self._images = 0
 
     def after_step(self) -> None:
-        from mtkd.engine.benchmark import sync
+        from mtkd.engine.step_timing import sync
 
         sync(self.trainer.device)
         self._t_last = time.perf_counter()

@@ -345,15 +345,15 @@ def test_compile_smoke_eager_backend(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ the benchmark
 def test_benchmark_synchronizes_cuda_around_every_timing(monkeypatch):
-    from mtkd.engine import benchmark as B
+    from mtkd.engine import step_timing as B
 
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", device)))
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    B._time(lambda: events.append("work"), cuda)
+    B.time_call(lambda: events.append("work"), cuda)
     assert events == [("sync", cuda), "work", ("sync", cuda)]
     events.clear()
-    B._time(lambda: events.append("work"), cpu)
+    B.time_call(lambda: events.append("work"), cpu)
     assert events == ["work"]
 
     class Owner:
@@ -361,7 +361,7 @@ def test_benchmark_synchronizes_cuda_around_every_timing(monkeypatch):
             events.append("f")
 
     owner, events[:] = Owner(), []
-    ph = B._Phases(cuda)
+    ph = B.Phases(cuda)
     ph.wrap(owner, "f", "optimizer")
     ph.step(owner.f)
     ph.remove()
