@@ -127,9 +127,8 @@ class JointTransform:
             out = self.compose(
                 image=raw.image, masks=list(raw.masks.values()), bboxes=raw.boxes, labels=raw.labels
             )
-        ts = [
-            torch.from_numpy(np.array(m, dtype=np.uint8)) for m in out["masks"]
-        ]  # new arrays (np.array copies)
+        # np.array copies: the item owns its masks
+        ts = [torch.from_numpy(np.array(m, dtype=np.uint8)) for m in out["masks"]]
         masks = {"mask": ts[0]} if single else {"masks": dict(zip(raw.masks, ts))}
         image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
         boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
