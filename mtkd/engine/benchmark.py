@@ -4,7 +4,8 @@ On the same batches, interleaved round-robin so that background load hits every 
 
 - ``student_step``: a full plain training step of the student (``TrainTask``: forward, task loss, backward,
   optimizer, EMA);
-- ``teacher_forward``: the frozen teacher's forward under ``no_grad`` (with the feature taps KD uses);
+- ``teacher_forward``: the frozen teacher's forward under ``no_grad`` as the distillation step runs it
+  (``DistillTask.teacher_outputs``: with the feature taps KD uses, seg logits at the head's resolution);
 - ``kd_step``: a full distillation training step (``DistillTask``: student step + teacher forward + KD losses +
   connectors);
 
@@ -183,10 +184,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         def student_step(b):  # same step, same optimizer, plain task (the student's task losses only)
             trainer.run_step(b, 0, 0, task=plain)
 
-        def teacher_forward(b):
-            with torch.no_grad():
-                images = trainer.to_device({"images": b["images"]})["images"].float()
-                kd.teacher(images, features=kd.teacher_feature_names)
+        def teacher_forward(b):  # as the distillation step runs it (DistillTask.teacher_outputs)
+            kd.teacher_outputs(trainer.to_device({"images": b["images"]})["images"].float())
 
         def kd_step(b):
             trainer.run_step(b, 0, 0)

@@ -118,6 +118,20 @@ class DistillTask(TrainTask):
         """The teacher's taps (``distill.feat_kd.teacher_names``; the student's names unless renamed)."""
         return list(self.distill.teacher_feature_names)
 
+    @torch.no_grad()
+    def teacher_outputs(self, images: Tensor) -> Any:
+        """The frozen teacher's ``MultiTaskOutput`` for distillation, with its feature taps.
+
+        Where its adapter can stop there (``supports_seg_head_resolution``), its seg logits are the head's, before
+        the bilinear upsampling to the input size: every seg KD loss resizes the teacher's logits to the student's
+        size with that same interpolation (``mtkd.losses.logit_kd.resize_like``) or compares head logits directly
+        (``seg_kd_at="head"``), so the terms are those of the upsampled logits (in float32: under autocast the
+        resize now runs in float32 instead of the autocast dtype) and the full-size tensor, 64x the head's for the
+        built-in head, is never made.
+        """
+        low = {"seg_upsample": False} if getattr(self.teacher, "supports_seg_head_resolution", False) else {}
+        return self.teacher(images, features=self.teacher_feature_names, **low)
+
     def forward(self, batch: Mapping[str, Any], progress: float) -> dict[str, Tensor]:
         images = batch["images"].float()
         if not self.distill.kd_active(progress):  # distill.off_last_epochs: plain training's step, no teacher
@@ -125,8 +139,7 @@ class DistillTask(TrainTask):
             return self.distill(s_out, None, self.task_loss(s_out, batch), progress, batch)
         # the teacher first: its activations are freed before the student's graph is built (a smaller working
         # set; the student's forward does not depend on it and the frozen teacher draws no random numbers)
-        with torch.no_grad():
-            t_out = self.teacher(images, features=self.teacher_feature_names)
+        t_out = self.teacher_outputs(images)
         names = self.feature_names
         s_out = self.student(images, features=names) if names else self.student(images)
         task = self.task_loss(s_out, batch)

@@ -258,6 +258,10 @@ class SegHeads(nn.ModuleDict):
     def forward(self, feats: Sequence[Tensor], size: tuple[int, int] | None = None) -> dict[str, Tensor]:
         return {task: head(feats, size=size) for task, head in self.items()}
 
+    def head_logits(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        """``{task: head logits [B, nc_task, H/8, W/8]}``, before upsampling."""
+        return {task: head.head_logits(feats) for task, head in self.items()}
+
     def with_head_logits(
         self, feats: Sequence[Tensor], size: tuple[int, int] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -190,6 +190,7 @@ class YoloMT(MultiTaskAdapter):
 
     adapter_name = "native"
     adapter_label = "native adapter"
+    supports_seg_head_resolution = True
 
     def __init__(
         self,
@@ -228,13 +229,18 @@ class YoloMT(MultiTaskAdapter):
             )
 
     # -- MultiTaskAdapter ------------------------------------------------------------------------------------
-    def forward(self, images: Tensor, features: Sequence[str] = ()) -> MultiTaskOutput:
+    def forward(
+        self, images: Tensor, features: Sequence[str] = (), *, seg_upsample: bool = True
+    ) -> MultiTaskOutput:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         with FeatureTaps(self, self._feature_taps()).capture(features) as feats:
             p3, p4, p5 = self.neck(self.backbone(images))
             raw = self.det([p3, p4, p5])
-            seg, low = self.seg.with_head_logits([p3, p4], size=tuple(images.shape[-2:]))
+            if seg_upsample:
+                seg, low = self.seg.with_head_logits([p3, p4], size=tuple(images.shape[-2:]))
+            else:  # supports_seg_head_resolution: the head's logits are the seg outputs
+                seg = low = self.seg.head_logits([p3, p4])
         if isinstance(seg, dict):  # SegHeads: {task: logits}
             return MultiTaskOutput(
                 seg_tasks=seg, det=self._det_output(raw), features=feats, seg_head_logits=low

@@ -67,6 +67,12 @@ class MultiTaskAdapter(nn.Module):
     #: whether the adapter can be built with several named seg tasks; its ``_from_config`` then takes a
     #: ``seg_tasks`` keyword (``{task: names}``, or ``None`` for a single-task/det-only build)
     supports_seg_tasks: ClassVar[bool] = False
+    #: whether ``forward`` takes ``seg_upsample=False``: the seg outputs (``seg`` / ``seg_tasks``) are then the
+    #: head's logits before their bilinear upsampling to the input size (``[B, C, H/8, W/8]`` for the built-in
+    #: head, the same tensors as ``seg_head_logits``). Distillation asks the teacher for them
+    #: (``DistillTask.teacher_outputs``): every seg KD loss resizes the teacher's logits to the student's size
+    #: with that same interpolation, so the full-size tensor would be computed for nothing
+    supports_seg_head_resolution: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -210,7 +216,8 @@ class MultiTaskAdapter(nn.Module):
         return len(self.seg_names)
 
     def forward(self, images: Tensor, features: Sequence[str] = ()) -> MultiTaskOutput:  # pragma: no cover
-        """images: ``[B, 3, H, W]`` float in [0, 1], H and W multiples of 32."""
+        """images: ``[B, 3, H, W]`` float in [0, 1], H and W multiples of 32 (adapters with
+        ``supports_seg_head_resolution`` also take ``seg_upsample: bool = True``, keyword-only)."""
         raise NotImplementedError
 
     def arch(self) -> dict[str, Any]:  # pragma: no cover

@@ -104,6 +104,7 @@ class UltralyticsAdapter(MultiTaskAdapter):
     adapter_label = _WHERE
     config_keys = _CONFIG_KEYS
     arch_keys = _ARCH_KEYS
+    supports_seg_head_resolution = True
     #: the head kind comes from the model (``Detect``: anchor_free); ``build_model(head=...)`` does not apply
     head_from_model = True
 
@@ -168,8 +169,11 @@ class UltralyticsAdapter(MultiTaskAdapter):
         f = self.layers[-1].f
         return [x if j == -1 else y[j] for j in ([f] if isinstance(f, int) else f)]
 
-    def forward(self, images: Tensor, features: Sequence[str] = ()) -> MultiTaskOutput:
-        """images ``[B, 3, H, W]`` → seg logits ``[B, C_seg, H, W]``, raw anchor-free ``DetOutput``."""
+    def forward(
+        self, images: Tensor, features: Sequence[str] = (), *, seg_upsample: bool = True
+    ) -> MultiTaskOutput:
+        """images ``[B, 3, H, W]`` → seg logits ``[B, C_seg, H, W]`` (with ``seg_upsample=False``: the head's
+        ``[B, C_seg, H/8, W/8]``, ``supports_seg_head_resolution``), raw anchor-free ``DetOutput``."""
         head = self.layers[-1]
         size = tuple(images.shape[-2:])
         with FeatureTaps(self, self._taps).capture(features) as feats:
@@ -181,11 +185,17 @@ class UltralyticsAdapter(MultiTaskAdapter):
                     raw=raw, box=raw["boxes"].transpose(1, 2), obj=None, cls=raw["scores"].transpose(1, 2),
                     kind="anchor_free", strides=self.strides, reg_max=int(head.reg_max),
                 )  # fmt: skip
-                if self.seg is not None:
+                if self.seg is not None and seg_upsample:
                     seg, low = self.seg.with_head_logits(xs[:2], size=size)
+                elif self.seg is not None:
+                    seg = low = self.seg.head_logits(xs[:2])
             else:
                 low = head.classifier(xs[0])
-                seg = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+                seg = (
+                    F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+                    if seg_upsample
+                    else low
+                )
         lows = {"seg": low} if seg is not None else {}
         return MultiTaskOutput(seg=seg, det=det, features=feats, seg_head_logits=lows)
 
