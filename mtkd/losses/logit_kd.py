@@ -215,15 +215,18 @@ def det_logit_kd(
         raise CompatibilityError(
             "cannot distill det.obj: present in " + ("student only" if t.obj is None else "teacher only")
         )
-    t_box, t_cls = t.box.detach().float(), t.cls.detach().float()
-    s_box, s_cls = s.box.float(), s.cls.float()
-    t_obj = t.obj.detach().float() if t.obj is not None else None
+    # contiguous: the head's box/obj/cls are strided views of one tensor, on which CPU elementwise kernels do not
+    # vectorize (a sigmoid of the benchmark's cls view: 0.23 ms strided, 0.1 ms with the copy)
+    t_box, t_cls = t.box.detach().float().contiguous(), t.cls.detach().float().contiguous()
+    s_box, s_cls = s.box.float().contiguous(), s.cls.float().contiguous()
+    t_obj = t.obj.detach().float().contiguous() if t.obj is not None else None
     anchor_free = t_obj is None
 
     t_cls_p = t_cls.sigmoid()
+    t_obj_p = None if anchor_free else t_obj.sigmoid()
     w = None
     if weight_by_teacher:
-        w = t_cls_p.amax(dim=-1) if anchor_free else t_obj.sigmoid()
+        w = t_cls_p.amax(dim=-1) if anchor_free else t_obj_p
 
     if anchor_free and ld:
         box_a = _ld_per_anchor(s_box, t_box, reg_max=s.reg_max or t.reg_max, temperature=temperature)
@@ -232,7 +235,7 @@ def det_logit_kd(
     out = {"det_kd_box": _weighted_mean(box_a, w)}
     if not anchor_free:
         _check_same("student det.obj", s.obj, "teacher det.obj", t.obj)
-        out["det_kd_obj"] = (s.obj.float().sigmoid() - t_obj.sigmoid()).pow(2).mean()
+        out["det_kd_obj"] = (s.obj.float().contiguous().sigmoid() - t_obj_p).pow(2).mean()
     out["det_kd_cls"] = _weighted_mean((s_cls.sigmoid() - t_cls_p).pow(2).mean(dim=-1), w)
     out["det_kd"] = sum(out.values()) * weight
     return out
