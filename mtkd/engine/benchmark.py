@@ -196,9 +196,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for fn in fns.values():
                 fn(batches[i % len(batches)])
         times: dict[str, list[float]] = {k: [] for k in fns}
+        order = list(fns.items())
         for i in range(args.steps):
             b = batches[i % len(batches)]
-            for k, fn in fns.items():  # interleaved: background load hits all three alike
+            # interleaved, so background load hits all three alike, and in an order rotated every round, so no
+            # timing always follows the same one (what ran just before sets the caches' and allocator's state)
+            for k, fn in order[i % len(order) :] + order[: i % len(order)]:
                 times[k].append(time_call(lambda fn=fn, b=b: fn(b), dev))
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
         phases = phase_breakdown(
