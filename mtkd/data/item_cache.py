@@ -2,9 +2,12 @@
 
 An evaluation loader prepares the same items every pass (no augmentation): decoding the image and mask files
 and letterboxing them is ~80% of an item's cost (0.6 ms of 0.75 ms per 128-px shapes item on the 2-core CPU).
-``MultiTaskDataset`` keeps each item it prepared when caching is on, so every pass after the first only
-collates. Under persistent DataLoader workers each worker keeps the items it prepared; the workers are handed
-the same batches each pass (sequential sampler, round-robin from worker 0), so the split is held once in all.
+``mtkd.data.build.build_dataloader`` keeps either the collated batches of the first complete pass in the main
+process (``MtkdDataLoader.keep_batches``, when batches are not pinned: later passes need no worker at all) or,
+for a loader pinning its batches for CUDA, the items: ``MultiTaskDataset`` then keeps each item it prepared, so
+every pass after the first only collates; under persistent DataLoader workers each worker keeps the items it
+prepared, and the workers are handed the same batches each pass (sequential sampler, round-robin from worker
+0), so the split is held once in all.
 
 ``cache_decision`` says whether to cache: ``"ram"`` always, ``"off"`` never, ``"auto"`` when the split's
 estimated size (one item's bytes x items) is at most ``AUTO_FRACTION`` of the memory available now, as

@@ -40,12 +40,19 @@ def test_cache_decision_by_mode_and_memory(shapes_copy):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_cached_passes_need_no_files_and_equal_uncached_batches(shapes_copy, workers):
+@pytest.mark.parametrize("pin", [False, True])
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")  # no accelerator here: pinning is skipped
+def test_cached_passes_need_no_files_and_equal_uncached_batches(shapes_copy, workers, pin):
+    """Without pinning the loader keeps the collated batches in this process; with it (CUDA) the workers keep
+    the items. Either way every later pass needs no file and yields what an uncached loader yields."""
     spec = load_data_yaml(shapes_copy)
     kw = dict(imgsz=64, batch=2, augment=False, shuffle=False, ground_truth=True)
     want = list(build_dataloader(spec, "val", workers=0, **kw))
-    loader = build_dataloader(spec, "val", workers=workers, cache="ram", prime_next=True, **kw)
-    assert loader.dataset.keep_items
+    loader = build_dataloader(
+        spec, "val", workers=workers, cache="ram", prime_next=True, pin_memory=pin, **kw
+    )
+    assert (loader.keep_batches, loader.dataset.keep_items) == ((False, True) if pin else (True, False))
+    assert loader.prime_next == (pin and workers > 0)  # nothing to prepare ahead when the batches are kept
     first = list(loader)
     shutil.rmtree(shapes_copy.parent / "images" / "val")  # only the cached items can serve the next passes
     for got in (first, list(loader), list(loader)):
@@ -55,3 +62,24 @@ def test_cached_passes_need_no_files_and_equal_uncached_batches(shapes_copy, wor
             assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["boxes"], b["boxes"])
             for ga, gb in zip(a["ground_truth"], b["ground_truth"], strict=True):
                 assert np.array_equal(ga.mask, gb.mask) and np.array_equal(ga.boxes, gb.boxes)
+
+
+def test_kept_batches_replay_as_copies_and_only_after_a_complete_pass(shapes_copy, monkeypatch):
+    spec = load_data_yaml(shapes_copy)
+    kw = dict(imgsz=64, batch=1, augment=False, shuffle=False, workers=0, cache="ram")
+    loader = build_dataloader(spec, "val", **kw)
+    reads = []
+    real = type(loader.dataset).__getitem__
+    monkeypatch.setattr(type(loader.dataset), "__getitem__", lambda ds, i: reads.append(i) or real(ds, i))
+    for _ in zip(range(2), loader):  # an abandoned pass keeps nothing
+        pass
+    assert loader._kept is None and reads == [0, 1]
+    first = list(loader)
+    assert reads == [0, 1, 0, 1, 2, 3] and len(first) == 4
+    first[0]["n_real"] = 1  # a consumer adds a key: later passes do not see it
+    second = list(loader)
+    assert reads == [0, 1, 0, 1, 2, 3]  # replayed: the dataset is not read again
+    assert "n_real" not in second[0] and second[0] is not first[0]
+    assert all(a["images"] is b["images"] for a, b in zip(first, second, strict=True))
+    shuffled = build_dataloader(spec, "val", **{**kw, "shuffle": True})
+    assert not shuffled.keep_batches and shuffled.dataset.keep_items  # the items repeat, not the batches
