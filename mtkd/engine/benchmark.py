@@ -1,6 +1,7 @@
 """``mtkd benchmark`` / ``tools/benchmark.py``: what distillation costs, measured in one process.
 
-On the same batches, interleaved round-robin so that background load hits every measurement alike, it times
+On the same batches, interleaved round-robin so that background load hits every measurement alike (the order
+rotated every round, so that no timing always follows the same one), it times
 
 - ``student_step``: a full plain training step of the student (``TrainTask``: forward, task loss, backward,
   optimizer, EMA);
