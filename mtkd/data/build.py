@@ -253,7 +253,9 @@ def build_dataloader(
         keep, why = cache_decision(dataset, cache)
         keep_batches = keep and not pin_memory and not shuffle  # shuffled: the items repeat, not the batches
         dataset.keep_items = keep and not keep_batches
-        where = " (collated batches, in the main process)" if keep_batches else " (items, in the workers)"
+        where = (
+            ": the collated batches, in the main process" if keep_batches else ": the items, in the workers"
+        )
         log.info("%s split of %s: %s", split, spec.yaml_path, why + (where if keep else ""))
     if distributed:
         sampler: Any = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
