@@ -70,7 +70,11 @@ class AnchorDetLoss:
         self.balance = balance if len(balance) == len(strides) else (1.0,) * len(strides)
 
     def build_targets(self, raw: list[Tensor], tgt: Tensor) -> list[tuple]:
-        """``tgt [nt, 6]`` = (image, class, cx, cy, w, h) pixels -> per level (b, a, gj, gi, tbox, anchors, cls)."""
+        """``tgt [nt, 6]`` = (image, class, cx, cy, w, h) pixels -> per level ``(b, a, gj, gi, tbox, anchors, cls,
+        keep)`` over every candidate: each target x anchor x {its cell, the 4 neighbour cells}, ``5 * na * nt``
+        rows. ``keep`` (bool) marks YOLOv5's matches: anchor ratio < ``anchor_t`` and, for a neighbour cell, the
+        target's centre within half a cell of it; the kept rows are YOLOv5's, in its order. Fixed shapes instead of
+        boolean indexing, so building the targets needs no host sync on CUDA (``__call__`` masks with ``keep``)."""
         na, nt, dev = self.anchors.shape[1], tgt.shape[0], tgt.device
         ai = torch.arange(na, device=dev, dtype=tgt.dtype).view(na, 1).repeat(1, nt)
         tgt = torch.cat((tgt.repeat(na, 1, 1), ai[..., None]), 2)  # [na, nt, 7]
@@ -84,40 +88,53 @@ class AnchorDetLoss:
             t[..., 2:6] /= self.strides[i]
             if nt:
                 r = t[..., 4:6] / anchors[:, None]
-                t = t[torch.max(r, 1 / r).max(2)[0] < self.anchor_t]  # [m, 7]
-                gxy = t[:, 2:4]
+                ratio_ok = torch.max(r, 1 / r).max(2)[0] < self.anchor_t  # [na, nt]
+                gxy = t[..., 2:4]
                 gxi = torch.tensor([w, h], device=dev, dtype=t.dtype) - gxy
-                left, top = ((gxy % 1 < g) & (gxy > 1)).T  # also assign the nearest neighbour cells
-                right, bottom = ((gxi % 1 < g) & (gxi > 1)).T
-                sel = torch.stack((torch.ones_like(left), left, top, right, bottom))
-                t = t.repeat((5, 1, 1))[sel]
-                offsets = (torch.zeros_like(gxy)[None] + off[:, None])[sel]
+                left, top = ((gxy % 1 < g) & (gxy > 1)).unbind(-1)  # also the nearest neighbour cells
+                right, bottom = ((gxi % 1 < g) & (gxi > 1)).unbind(-1)
+                cells = torch.stack((torch.ones_like(left), left, top, right, bottom))  # [5, na, nt]
+                keep = (cells & ratio_ok).reshape(-1)
+                t = t.repeat((5, 1, 1)).reshape(-1, 7)
+                offsets = (torch.zeros_like(gxy)[None] + off[:, None, None]).reshape(-1, 2)
             else:
-                t, offsets = tgt[0], 0
+                t, offsets, keep = tgt[0], 0, torch.zeros(0, dtype=torch.bool, device=dev)
             b, c = t[:, 0].long(), t[:, 1].long()
             gxy, gwh, a = t[:, 2:4], t[:, 4:6], t[:, 6].long()
             gij = (gxy - offsets).long()
             gi, gj = gij[:, 0].clamp_(0, w - 1), gij[:, 1].clamp_(0, h - 1)
-            out.append((b, a, gj, gi, torch.cat((gxy - gij, gwh), 1), anchors[a], c))
+            out.append((b, a, gj, gi, torch.cat((gxy - gij, gwh), 1), anchors[a], c, keep))
         return out
 
     def __call__(self, raw: list[Tensor], tgt: Tensor) -> dict[str, Tensor]:
+        """YOLOv5's loss over the kept candidates of ``build_targets``: means over them as masked sums (no
+        boolean indexing); objectness targets written for kept rows only (the others go to a slot past the
+        grid), in YOLOv5's order, so a cell matched twice gets the same (last) IoU."""
         from ultralytics.utils.metrics import bbox_iou
 
         lbox = lobj = lcls = raw[0].new_zeros(())
-        for (b, a, gj, gi, tbox, anch, tcls), p, bal in zip(self.build_targets(raw, tgt), raw, self.balance):
+        for (b, a, gj, gi, tbox, anch, tcls, keep), p, bal in zip(
+            self.build_targets(raw, tgt), raw, self.balance
+        ):
             tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=p.device)
-            if b.numel():
+            if b.numel():  # some targets (a host-side shape: no sync)
+                k = keep.to(torch.float32)
+                n_kept = k.sum().clamp(min=1.0)
                 ps = p[b, a, gj, gi]  # [n, 5 + nc]
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anch
                 iou = bbox_iou(torch.cat((pxy, pwh), 1), tbox, xywh=True, CIoU=True).squeeze(-1)
-                lbox = lbox + (1.0 - iou).mean()
-                tobj[b, a, gj, gi] = iou.detach().clamp(0).to(tobj.dtype)
+                lbox = lbox + ((1.0 - iou) * k).sum() / n_kept
+                na, h, w = p.shape[1:4]
+                cell = torch.where(keep, ((b * na + a) * h + gj) * w + gi, tobj.numel())
+                flat = torch.zeros(tobj.numel() + 1, dtype=p.dtype, device=p.device)
+                flat.index_put_((cell,), iou.detach().clamp(0).to(p.dtype))
+                tobj = flat[:-1].view(tobj.shape)
                 if self.nc > 1:
                     t = torch.zeros_like(ps[:, 5:])
                     t[torch.arange(b.numel(), device=p.device), tcls] = 1.0
-                    lcls = lcls + F.binary_cross_entropy_with_logits(ps[:, 5:], t)
+                    bce = F.binary_cross_entropy_with_logits(ps[:, 5:], t, reduction="none")
+                    lcls = lcls + (bce * k[:, None]).sum() / (n_kept * self.nc)
             lobj = lobj + F.binary_cross_entropy_with_logits(p[..., 4], tobj) * bal
         lbox, lobj, lcls = lbox * self.gains["box"], lobj * self.gains["obj"], lcls * self.gains["cls"]
         return {"det_loss": lbox + lobj + lcls, "det_box": lbox, "det_obj": lobj, "det_cls": lcls}

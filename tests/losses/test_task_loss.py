@@ -47,7 +47,9 @@ def test_anchor_target_assignment_by_hand():
     (1, 2) (x fraction < 0.5) and lower neighbour (2, 3) (y fraction > 0.5); all 3 P3 anchors within ratio 4."""
     loss = AnchorDetLoss(3, (8, 16, 32), torch.tensor(DEFAULT_ANCHORS), box=1, obj=1, cls=1)
     raw = [torch.zeros(1, 3, 64 // s, 64 // s, 8) for s in (8, 16, 32)]
-    b, a, gj, gi, tbox, anch, c = loss.build_targets(raw, torch.tensor([[0.0, 2, 19, 21, 8, 8]]))[0]
+    *rows, keep = loss.build_targets(raw, torch.tensor([[0.0, 2, 19, 21, 8, 8]]))[0]
+    assert keep.shape == (5 * 3 * 1,)  # every candidate: 5 cells x 3 anchors x 1 target
+    b, a, gj, gi, tbox, anch, c = (x[keep] for x in rows)
     got = sorted(zip(a.tolist(), gj.tolist(), gi.tolist()))
     assert got == sorted((k, j, i) for k in range(3) for (j, i) in [(2, 2), (2, 1), (3, 2)])
     assert (c == 2).all() and (b == 0).all()
@@ -150,3 +152,124 @@ def test_overfit_one_batch_anchor_free(batch_factory):
         early, late = max(h[k] for h in hist[:10]), sum(h[k] for h in hist[-3:]) / 3
         assert late < 0.6 * early, (k, early, late)
     check_recovered(model, batch)
+
+
+def _yolov5_reference(
+    loss: AnchorDetLoss, raw: list[torch.Tensor], tgt: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """YOLOv5's ``ComputeLoss`` as mtkd computed it before (boolean indexing of the matches), the known values
+    the sync-free ``AnchorDetLoss`` must give."""
+    from ultralytics.utils.metrics import bbox_iou
+
+    na, nt = loss.anchors.shape[1], tgt.shape[0]
+    ai = torch.arange(na, dtype=tgt.dtype).view(na, 1).repeat(1, nt)
+    tgt = torch.cat((tgt.repeat(na, 1, 1), ai[..., None]), 2)
+    g = 0.5
+    off = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=tgt.dtype) * g
+    lbox = lobj = lcls = raw[0].new_zeros(())
+    for i, (p, bal) in enumerate(zip(raw, loss.balance)):
+        h, w = p.shape[2:4]
+        anchors = loss.anchors[i] / loss.strides[i]
+        t = tgt.clone()
+        t[..., 2:6] /= loss.strides[i]
+        if nt:
+            r = t[..., 4:6] / anchors[:, None]
+            t = t[torch.max(r, 1 / r).max(2)[0] < loss.anchor_t]
+            gxy = t[:, 2:4]
+            gxi = torch.tensor([w, h], dtype=t.dtype) - gxy
+            left, top = ((gxy % 1 < g) & (gxy > 1)).T
+            right, bottom = ((gxi % 1 < g) & (gxi > 1)).T
+            sel = torch.stack((torch.ones_like(left), left, top, right, bottom))
+            t = t.repeat((5, 1, 1))[sel]
+            offsets = (torch.zeros_like(gxy)[None] + off[:, None])[sel]
+        else:
+            t, offsets = tgt[0], 0
+        b, c, a = t[:, 0].long(), t[:, 1].long(), t[:, 6].long()
+        gxy, gwh = t[:, 2:4], t[:, 4:6]
+        gij = (gxy - offsets).long()
+        gi, gj = gij[:, 0].clamp_(0, w - 1), gij[:, 1].clamp_(0, h - 1)
+        tobj = torch.zeros(p.shape[:4])
+        if b.numel():
+            ps = p[b, a, gj, gi]
+            pxy = ps[:, :2].sigmoid() * 2 - 0.5
+            pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors[a]
+            tbox = torch.cat((gxy - gij, gwh), 1)
+            iou = bbox_iou(torch.cat((pxy, pwh), 1), tbox, xywh=True, CIoU=True).squeeze(-1)
+            lbox = lbox + (1.0 - iou).mean()
+            tobj[b, a, gj, gi] = iou.detach().clamp(0)
+            if loss.nc > 1:
+                tc = torch.zeros_like(ps[:, 5:])
+                tc[torch.arange(b.numel()), c] = 1.0
+                lcls = lcls + torch.nn.functional.binary_cross_entropy_with_logits(ps[:, 5:], tc)
+        lobj = lobj + torch.nn.functional.binary_cross_entropy_with_logits(p[..., 4], tobj) * bal
+    lbox, lobj, lcls = lbox * loss.gains["box"], lobj * loss.gains["obj"], lcls * loss.gains["cls"]
+    return {"det_loss": lbox + lobj + lcls, "det_box": lbox, "det_obj": lobj, "det_cls": lcls}
+
+
+@pytest.mark.parametrize("nt", [0, 1, 40])
+def test_anchor_loss_equals_yolov5s_in_value_and_gradient(nt):
+    """Masked sums over every candidate give YOLOv5's means over its matches, and the objectness targets of
+    cells matched twice the same (last) IoU: values and gradients equal the boolean-indexing computation's."""
+    g = torch.Generator().manual_seed(nt)
+    loss = AnchorDetLoss(
+        4, (8, 16, 32), torch.tensor(DEFAULT_ANCHORS), **{"box": 0.05, "obj": 1.0, "cls": 0.5}
+    )
+    raw = [torch.randn(3, 3, 128 // s, 128 // s, 9, generator=g).requires_grad_() for s in (8, 16, 32)]
+    wh = torch.rand(nt, 2, generator=g) * 60 + 2  # small to large boxes: some anchors out of ratio
+    cxy = torch.rand(nt, 2, generator=g) * 126 + 1
+    cxy[: nt // 4] = cxy[: nt // 4].floor() + 0.5  # centres exactly on half cells
+    tgt = torch.cat(
+        (
+            torch.randint(0, 3, (nt, 1), generator=g).float(),
+            torch.randint(0, 4, (nt, 1), generator=g).float(),
+            cxy,
+            wh,
+        ),
+        1,
+    )
+    got, want = loss(raw, tgt), _yolov5_reference(loss, raw, tgt)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
+    ga = torch.autograd.grad(got["det_loss"], raw)
+    gb = torch.autograd.grad(want["det_loss"], raw)
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9)
+
+
+def test_anchor_loss_needs_no_host_sync():
+    """No boolean indexing, ``nonzero``, ``.item()`` or other value-dependent shape in the anchor loss: on CUDA
+    none of them stalls the step (the trainer's one host copy of the terms is the step's only sync)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            bool_index = name in ("index", "index_put", "index_put_") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (args[1] or [])
+                if i is not None
+            )
+            if bool_index or name in (
+                "nonzero",
+                "_local_scalar_dense",
+                "masked_select",
+                "_unique2",
+                "unique_dim",
+            ):
+                self.ops.append(name)
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    loss = AnchorDetLoss(4, (8, 16, 32), torch.tensor(DEFAULT_ANCHORS), box=0.05, obj=1.0, cls=0.5)
+    raw = [torch.randn(2, 3, 64 // s, 64 // s, 9, generator=g).requires_grad_() for s in (8, 16, 32)]
+    tgt = torch.tensor([[0.0, 1, 20, 20, 10, 12], [1, 3, 40, 33, 30, 20]])
+    with Syncs() as mode:
+        loss(raw, tgt)["det_loss"].backward()
+    assert mode.ops == []
+    with Syncs() as mode:  # the detector catches what the loss used to do
+        _yolov5_reference(loss, raw, tgt)
+    assert "index" in mode.ops
