@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mtkd.engine.task
 import mtkd.engine.trainer
@@ -200,6 +202,63 @@ def test_one_host_sync_per_step_with_hooks(base_overrides):
     assert t.iters == 4 and _DeviceTensor.syncs == ["cpu"] * 4
     assert all(type(v) is torch.Tensor and v.device.type == "cpu" for v in t.last_terms.values())
     assert means["loss"] == pytest.approx(t.meters["loss"] / 4) and math.isfinite(means["loss"])
+
+
+_VALUE_READS = (
+    "nonzero",
+    "_local_scalar_dense",
+    "masked_select",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+)
+
+
+class _SyncingOps(TorchDispatchMode):
+    """Counts the aten operations that wait for a device's results: reading a value (``item``, ``bool``),
+    value-dependent shapes (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        masks = args[1] if name in ("index", "index_put", "index_put_") and len(args) > 1 else ()
+        if name in _VALUE_READS or any(
+            isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks or ()
+        ):
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("distill", [False, True], ids=["plain", "distill"])
+def test_a_step_with_the_default_head_reads_one_value_from_the_device(base_overrides, tmp_path, distill):
+    """Inside the step too (forward, task and KD losses, backward, optimizer, EMA), not only on the terms: the
+    default anchor head's step reads one value, the non-finite flag of the terms' host copy."""
+    from mtkd.checkpoint import save_model
+    from mtkd.data.descriptor import load_data_yaml
+    from mtkd.models import build_model
+
+    extra = ["name=sync_ops", "batch=2"]
+    if distill:
+        spec = load_data_yaml(base_overrides[0].split("=", 1)[1])
+        teacher = build_model("yolo_mt_s", det_names=spec.det_names, seg_names=spec.seg_names)
+        extra.append(f"teacher={save_model(tmp_path / 'teacher.pt', teacher)}")
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(
+        root / "configs" / "shapes_distill.yaml" if distill else None, [*base_overrides, *extra]
+    )
+    t = Trainer(cfg)
+    try:
+        t.setup()
+        batch = next(iter(t.train_loader))
+        t.run_step(batch, 0, 0)  # warm-up (lazy state)
+        with _SyncingOps() as mode:
+            t.run_step(batch, 0, 1)
+    finally:
+        t._release_lock()
+    assert mode.ops == ["_local_scalar_dense"]
 
 
 def test_batch_moved_once_non_blocking_and_channels_last(base_overrides, monkeypatch):
