@@ -116,7 +116,9 @@ class AnchorDetLoss:
         for (b, a, gj, gi, tbox, anch, tcls, keep), p, bal in zip(
             self.build_targets(raw, tgt), raw, self.balance
         ):
-            tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=p.device)
+            # objectness targets [B, na, H, W] plus one slot past the grid, where candidates not kept are written
+            tobj_slots = torch.zeros(p.shape[:4].numel() + 1, dtype=p.dtype, device=p.device)
+            tobj = tobj_slots[:-1].view(p.shape[:4])
             if b.numel():  # some targets (a host-side shape: no sync)
                 k = keep.to(torch.float32)
                 n_kept = k.sum().clamp(min=1.0)
@@ -127,9 +129,7 @@ class AnchorDetLoss:
                 lbox = lbox + ((1.0 - iou) * k).sum() / n_kept
                 na, h, w = p.shape[1:4]
                 cell = torch.where(keep, ((b * na + a) * h + gj) * w + gi, tobj.numel())
-                flat = torch.zeros(tobj.numel() + 1, dtype=p.dtype, device=p.device)
-                flat.index_put_((cell,), iou.detach().clamp(0).to(p.dtype))
-                tobj = flat[:-1].view(tobj.shape)
+                tobj_slots.index_put_((cell,), iou.detach().clamp(0).to(p.dtype))
                 if self.nc > 1:
                     t = torch.zeros_like(ps[:, 5:])
                     t[torch.arange(b.numel(), device=p.device), tcls] = 1.0
