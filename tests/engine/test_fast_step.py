@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from mtkd_test_syncs import SyncingOps
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import mtkd.engine.task
 import mtkd.engine.trainer
@@ -204,34 +204,6 @@ def test_one_host_sync_per_step_with_hooks(base_overrides):
     assert means["loss"] == pytest.approx(t.meters["loss"] / 4) and math.isfinite(means["loss"])
 
 
-_VALUE_READS = (
-    "nonzero",
-    "_local_scalar_dense",
-    "masked_select",
-    "_unique2",
-    "unique_dim",
-    "unique_consecutive",
-)
-
-
-class _SyncingOps(TorchDispatchMode):
-    """Counts the aten operations that wait for a device's results: reading a value (``item``, ``bool``),
-    value-dependent shapes (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        masks = args[1] if name in ("index", "index_put", "index_put_") and len(args) > 1 else ()
-        if name in _VALUE_READS or any(
-            isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks or ()
-        ):
-            self.ops.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("distill", [False, True], ids=["plain", "distill"])
 def test_a_step_with_the_default_head_reads_one_value_from_the_device(base_overrides, tmp_path, distill):
     """Inside the step too (forward, task and KD losses, backward, optimizer, EMA), not only on the terms: the
@@ -254,7 +226,7 @@ def test_a_step_with_the_default_head_reads_one_value_from_the_device(base_overr
         t.setup()
         batch = next(iter(t.train_loader))
         t.run_step(batch, 0, 0)  # warm-up (lazy state)
-        with _SyncingOps() as mode:
+        with SyncingOps() as mode:
             t.run_step(batch, 0, 1)
     finally:
         t._release_lock()

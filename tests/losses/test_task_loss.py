@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from mtkd_test_syncs import SyncingOps
 from torchvision.ops import box_iou
 
 from mtkd.losses.task import ANCHOR_FREE_GAINS, AnchorDetLoss, TaskLoss
@@ -239,37 +240,13 @@ def test_anchor_loss_equals_yolov5s_in_value_and_gradient(nt):
 def test_anchor_loss_needs_no_host_sync():
     """No boolean indexing, ``nonzero``, ``.item()`` or other value-dependent shape in the anchor loss: on CUDA
     none of them stalls the step (the trainer's one host copy of the terms is the step's only sync)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Syncs(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            bool_index = name in ("index", "index_put", "index_put_") and any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                for i in (args[1] or [])
-                if i is not None
-            )
-            if bool_index or name in (
-                "nonzero",
-                "_local_scalar_dense",
-                "masked_select",
-                "_unique2",
-                "unique_dim",
-            ):
-                self.ops.append(name)
-            return func(*args, **(kwargs or {}))
-
     g = torch.Generator().manual_seed(0)
     loss = AnchorDetLoss(4, (8, 16, 32), torch.tensor(DEFAULT_ANCHORS), box=0.05, obj=1.0, cls=0.5)
     raw = [torch.randn(2, 3, 64 // s, 64 // s, 9, generator=g).requires_grad_() for s in (8, 16, 32)]
     tgt = torch.tensor([[0.0, 1, 20, 20, 10, 12], [1, 3, 40, 33, 30, 20]])
-    with Syncs() as mode:
+    with SyncingOps() as mode:
         loss(raw, tgt)["det_loss"].backward()
     assert mode.ops == []
-    with Syncs() as mode:  # the detector catches what the loss used to do
+    with SyncingOps() as mode:  # the detector catches what the loss used to do
         _yolov5_reference(loss, raw, tgt)
     assert "index" in mode.ops
